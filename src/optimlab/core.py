@@ -1,0 +1,544 @@
+"""The core: the transform protocol, ``chain``, and the adapter that makes any chain a
+``torch.optim.Optimizer``.
+
+A *transform* turns a list of update tensors into the next one (optax's ``init``/``update``
+pair, in PyTorch form):
+
+* ``init(p, group) -> dict[str, Tensor]`` creates the transform's per-parameter state. It is
+  stored in the optimizer's ``state[p]`` under torch.optim's own key names (``exp_avg``,
+  ``momentum_buffer`` ...), so ``state_dict()`` / ``load_state_dict()`` just work.
+* ``scalars(group, step) -> dict[str, float]`` does the host-side scalar maths of one step
+  (bias corrections, step sizes) from the group's hyperparameters.
+* ``update(u, s)`` transforms ``u.updates`` (a list of tensors, one per parameter) with
+  multi-tensor ops. Numbers are read **only** from ``s`` -- they are Python floats on the eager
+  path and 0-d tensors on the compiled path, so changing a hyperparameter never recompiles.
+  Structure (booleans, key names, masks) lives in the transform's own dataclass fields.
+* ``after(u, s)`` (optional) acts on the parameters once the update has been applied (proximal
+  L1, iterate averaging).
+
+The descent step ``p <- p - lr * u`` is applied in exactly one place, :func:`apply_updates`.
+
+Example::
+
+    >>> import torch, optimlab
+    >>> from optimlab.transforms import scale_by_adam, add_decayed_weights
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> opt = optimlab.ChainOptimizer([w], [scale_by_adam(), add_decayed_weights()],
+    ...                               dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01))
+    >>> w.sum().backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Transform",
+    "Updates",
+    "ChainOptimizer",
+    "Mask",
+    "apply_updates",
+    "axpy",
+    "axpy_",
+    "scale_",
+    "check_nonneg",
+    "check_positive",
+    "check_beta",
+    "check_betas",
+    "check_int",
+]
+
+Scalar = float | Tensor  # a Python float (eager path) or a 0-d tensor (compiled path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small multi-tensor helpers that accept a float or a 0-d tensor as the scalar.
+# ---------------------------------------------------------------------------------------------
+def axpy_(ys: list[Tensor], a: Scalar, xs: list[Tensor]) -> None:
+    """``y <- y + a * x`` for every pair, in place."""
+    if not ys:
+        return
+    if isinstance(a, Tensor):
+        torch._foreach_add_(ys, torch._foreach_mul(xs, a))
+    else:
+        torch._foreach_add_(ys, xs, alpha=a)
+
+
+def axpy(ys: list[Tensor], a: Scalar, xs: list[Tensor]) -> list[Tensor]:
+    """``y + a * x`` for every pair, as new tensors."""
+    if isinstance(a, Tensor):
+        return torch._foreach_add(ys, torch._foreach_mul(xs, a))
+    return torch._foreach_add(ys, xs, alpha=a)
+
+
+def scale_(xs: list[Tensor], a: Scalar) -> None:
+    """``x <- a * x`` for every tensor, in place."""
+    if xs:
+        torch._foreach_mul_(xs, a)
+
+
+def apply_updates(params: list[Tensor], updates: list[Tensor], lr: Scalar | None) -> None:
+    """The one place the sign flip happens: ``p <- p - lr * u`` (``p <- p - u`` if ``lr`` is None)."""
+    if lr is None:
+        torch._foreach_sub_(params, updates)
+    else:
+        axpy_(params, -lr, updates)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks: which parameters a regulariser applies to.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Mask:
+    """Selects parameters by name pattern and/or shape.
+
+    ``Mask(exclude=r"bias|norm")`` skips parameters whose name matches the regex;
+    ``Mask(min_ndim=2)`` keeps only matrices (skips biases and norm weights by shape).
+    ``Mask.no_bias_norm()`` is the usual "no decay on biases and norms" choice.
+    A callable ``(name, param) -> bool`` may be given instead of a ``Mask`` anywhere a mask is
+    accepted.
+    """
+
+    include: str | None = None
+    exclude: str | None = None
+    min_ndim: int = 0
+
+    @classmethod
+    def no_bias_norm(cls) -> "Mask":
+        return cls(min_ndim=2)
+
+    def __call__(self, name: str | None, p: Tensor) -> bool:
+        if p.ndim < self.min_ndim:
+            return False
+        if (self.include or self.exclude) and name is None:
+            raise ValueError(
+                f"mask {self} selects parameters by name, but the optimizer got unnamed "
+                "parameters; pass model.named_parameters() instead of model.parameters()"
+            )
+        if self.include is not None and not re.search(self.include, name):
+            return False
+        if self.exclude is not None and re.search(self.exclude, name):
+            return False
+        return True
+
+
+def as_mask(mask: Any) -> Callable[[str | None, Tensor], bool] | None:
+    """Normalise a user-given mask: None, a Mask, a callable, a regex of names to *exclude*,
+    or the string ``"no_bias_norm"``."""
+    if mask is None or isinstance(mask, Mask):
+        return mask
+    if mask == "no_bias_norm":
+        return Mask.no_bias_norm()
+    if isinstance(mask, str):
+        return Mask(exclude=mask)
+    if callable(mask):
+        return mask
+    raise TypeError(
+        f"mask must be None, an optimlab.Mask, a callable (name, param) -> bool, a regex of "
+        f"parameter names to exclude, or 'no_bias_norm'; got {mask!r}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The update context and the transform protocol.
+# ---------------------------------------------------------------------------------------------
+class Updates:
+    """What a transform sees: the parameters of one bucket (same step count), their gradients,
+    the current updates, and their state as lists keyed by state name.
+
+    ``updates`` starts out as the gradients themselves; a transform that wants to modify it in
+    place calls :meth:`mutable` first (the user's ``.grad`` is never written to).
+    """
+
+    __slots__ = ("params", "grads", "updates", "state", "names", "step", "_owned")
+
+    def __init__(self, params, grads, state, names, step, updates=None, owned=False):
+        self.params: list[Tensor] = params
+        self.grads: list[Tensor] = grads
+        self.updates: list[Tensor] = grads if updates is None else updates
+        self.state: dict[str, list[Tensor]] = state
+        self.names: list[str | None] = names
+        self.step: int = step
+        self._owned = owned
+
+    def mutable(self) -> list[Tensor]:
+        """The updates, copied once if they are still the caller's gradients."""
+        if not self._owned:
+            self.updates = torch._foreach_mul(self.updates, 1.0) if self.updates else []
+            self._owned = True
+        return self.updates
+
+    def replace(self, new: list[Tensor]) -> None:
+        """Make ``new`` (freshly computed tensors, or state buffers) the current updates."""
+        self.updates = new
+        self._owned = False  # may alias state: the next in-place writer must copy
+
+    def select(self, mask) -> list[int]:
+        """Indices of the parameters a mask keeps (all of them for ``mask=None``)."""
+        if mask is None:
+            return list(range(len(self.params)))
+        return [i for i, (n, p) in enumerate(zip(self.names, self.params)) if mask(n, p)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """Base of all gradient transforms. Subclasses are frozen dataclasses whose fields hold the
+    transform's *structure* (flags, hyperparameter key names, masks); numbers come from the
+    param group through :meth:`scalars`.
+
+    ``hyperparameters`` names the group keys the transform reads (used for documentation,
+    validation of unknown keys, and the registry).
+    """
+
+    hyperparameters = ()  # type: tuple[str, ...]
+
+    def init(self, p: Tensor, group: dict) -> dict[str, Tensor]:
+        return {}
+
+    def scalars(self, group: dict, step: int) -> dict[str, float]:
+        return {}
+
+    def update(self, u: Updates, s: dict) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def after(self, u: Updates, s: dict) -> None:
+        pass
+
+    #: False for transforms whose update cannot run on one flat tensor (per-tensor shapes
+    #: matter, e.g. Adafactor's factored moments or Muon's matrix orthogonalisation).
+    elementwise = True
+    #: True when :meth:`after` does something (so the engine calls it).
+    has_after = False
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks (torch's messages, plus the fix).
+# ---------------------------------------------------------------------------------------------
+def _num(name: str, value: Any) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Invalid {name}: {value!r} (expected a number or a 1-element tensor)")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Invalid {name}: {value!r} (expected a number, got {type(value).__name__})")
+    if math.isnan(value):
+        raise ValueError(f"Invalid {name}: {value} (NaN)")
+    return float(value)
+
+
+def check_nonneg(name: str, value: Any) -> None:
+    if _num(name, value) < 0:
+        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+
+
+def check_positive(name: str, value: Any) -> None:
+    if _num(name, value) <= 0:
+        raise ValueError(f"Invalid {name}: {value} (must be > 0)")
+
+
+def check_beta(name: str, value: Any) -> None:
+    v = _num(name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
+
+
+def check_betas(name: str, value: Any, n: int = 2) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        raise ValueError(f"Invalid {name}: {value!r} (expected a tuple of {n} numbers in [0, 1))")
+    for i, b in enumerate(value):
+        check_beta(f"{name}[{i}]", b)
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {minimum})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter.
+# ---------------------------------------------------------------------------------------------
+# Keys a group may carry besides the optimizer's hyperparameters.
+_BOOKKEEPING_KEYS = {"params", "param_names", "initial_lr", "name"}
+
+
+class ChainOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that runs a chain of transforms.
+
+    Either pass ``transforms`` (a fixed chain) or subclass and override :meth:`build`, which
+    returns the chain for one param group (so structure may follow the group's flags, e.g.
+    ``amsgrad``). ``defaults`` holds every hyperparameter with its default; each param group
+    may override any of them, and the user or a scheduler may change them between steps.
+
+    ``lr_key`` names the hyperparameter that scales the final update (``None``: the chain's
+    output is applied as it is, as for Rprop).
+    """
+
+    #: hyperparameters the base class reads for every optimizer (maximize and the extras).
+    _common_defaults: dict[str, Any] = {
+        "maximize": False,
+        "foreach": None,
+        "fused": None,
+        "capturable": False,
+        "differentiable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        transforms: Sequence[Transform] | None = None,
+        defaults: dict[str, Any] | None = None,
+        *,
+        lr_key: str | None = "lr",
+        compile: bool | None = False,
+    ) -> None:
+        self._fixed_chain = tuple(transforms) if transforms is not None else None
+        self.lr_key = lr_key
+        self.compile = compile
+        defaults = {**self._common_defaults, **(defaults or {})}
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or "
+                f"dicts, but got {torch.typename(params)}; wrap it in a list: [{'tensor'}]"
+            )
+        params = list(params)
+        if len(params) == 0:
+            raise ValueError(
+                "optimizer got an empty parameter list: pass model.parameters() of a model "
+                "that has parameters (check requires_grad and that the iterator is not exhausted)"
+            )
+        super().__init__(params, defaults)
+        self.skipped_steps = 0
+        self._micro = 0  # micro-steps accumulated so far (accumulate_steps > 1)
+        self._step_info: dict[str, Any] = {}  # per-step values shared by all groups
+        self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
+
+    #: update once every ``accumulate_steps`` calls to ``step`` with the mean gradient
+    accumulate_steps = 1
+    #: skip (and count) a step whose gradients are not all finite
+    skip_nonfinite = False
+
+    # -- what subclasses provide ----------------------------------------------------------------
+    def build(self, group: dict) -> Sequence[Transform]:
+        """The chain for one param group (default: the fixed chain given to ``__init__``)."""
+        if self._fixed_chain is None:
+            raise NotImplementedError(f"{type(self).__name__} must override build(group)")
+        return self._fixed_chain
+
+    def check_group(self, group: dict) -> None:
+        """Validate a group's hyperparameters (subclasses extend; raise ValueError naming the
+        argument and its value)."""
+        for key in ("lr",):
+            if key in group:
+                check_nonneg(key, group[key])
+
+    # -- param groups ---------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        unknown = set(param_group) - set(self.defaults) - _BOOKKEEPING_KEYS
+        if unknown:
+            raise ValueError(
+                f"param group has unknown key(s) {sorted(unknown)} for {type(self).__name__}; "
+                f"known hyperparameters: {sorted(self.defaults)}"
+            )
+        params = param_group.get("params")
+        if params is None:
+            raise ValueError("param group has no 'params' entry")
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer parameters must be an ordered collection (a list), not a set")
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got a param group with an empty parameter list")
+        seen: set[int] = set()
+        for entry in params:
+            p = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
+            if not isinstance(p, Tensor):
+                raise TypeError(
+                    f"optimizer can only optimize Tensors, but one of the params is "
+                    f"{torch.typename(p)}: {p!r:.60}"
+                )
+            if id(p) in seen:
+                name = entry[0] if isinstance(entry, tuple) else None
+                raise ValueError(
+                    f"parameter {name or tuple(p.shape)} appears twice in one param group; "
+                    "list each parameter once (tied weights are one parameter)"
+                )
+            seen.add(id(p))
+        param_group = {**param_group, "params": params}
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self.check_group(group)
+            self.build(group)
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("compile", False)
+        self.__dict__.setdefault("_micro", 0)
+        self._step_info = {}
+        self._engine = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state = dict(state, **{k: v for k, v in self.__dict__.items() if k not in state})
+        state["_engine"] = None
+        return state
+
+    # -- state_dict: keep the skipped-step counter, accept torch.optim's tensor steps -------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["optimlab"] = {"skipped_steps": self.skipped_steps, "micro_steps": self._micro}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        extra = state_dict.get("optimlab", {})
+        state_dict = {k: v for k, v in state_dict.items() if k != "optimlab"}
+        super().load_state_dict(state_dict)
+        self.skipped_steps = extra.get("skipped_steps", 0)
+        self._micro = extra.get("micro_steps", 0)
+        for st in self.state.values():
+            if isinstance(st.get("step"), Tensor):  # a torch.optim state_dict
+                st["step"] = int(st["step"].item())
+        self._engine = None
+
+    # -- the step -------------------------------------------------------------------------------
+    def _chain(self, group: dict) -> tuple[Transform, ...]:
+        return tuple(self.build(group))
+
+    def _lr(self, group: dict) -> float | None:
+        if self.lr_key is None:
+            return None
+        lr = group[self.lr_key]
+        return lr.item() if isinstance(lr, Tensor) else lr
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Perform one optimization step; returns the closure's loss (if a closure is given)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.accumulate_steps > 1 and not self._accumulate():
+            return loss
+        if self._prestep():
+            for group in self.param_groups:
+                self._step_group(group)
+        if self.accumulate_steps > 1:
+            for st in self.state.values():
+                st.pop("grad_accum", None)
+        return loss
+
+    def _accumulate(self) -> bool:
+        """Add this micro-step's gradients to ``state[p]['grad_accum']``; True once
+        ``accumulate_steps`` of them are in (the buffers then hold their mean)."""
+        k = self.accumulate_steps
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "grad_accum" in st:
+                    st["grad_accum"].add_(p.grad)
+                else:
+                    st["grad_accum"] = p.grad.detach().clone()
+        self._micro += 1
+        if self._micro < k:
+            return False
+        self._micro = 0
+        for st in self.state.values():
+            if "grad_accum" in st:
+                st["grad_accum"].div_(k)
+        return True
+
+    def _grad(self, p: Tensor) -> Tensor | None:
+        """The gradient this step uses: ``p.grad``, or the accumulated mean."""
+        if self.accumulate_steps > 1:
+            st = self.state.get(p)
+            return None if st is None else st.get("grad_accum")
+        return p.grad
+
+    def _prestep(self) -> bool:
+        """Hook for whole-optimizer decisions before any group moves (non-finite skipping,
+        global-norm clipping). Returns False to skip the step."""
+        return True
+
+    def _gather(self, group: dict):
+        """Parameters with a gradient, their names and state, bucketed by step count."""
+        names = group.get("param_names")
+        buckets: dict[int, tuple[list, list, list, list]] = {}
+        chain = self._chain(group)
+        for i, p in enumerate(group["params"]):
+            g = self._grad(p)
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients (parameter "
+                    f"{names[i] if names else tuple(p.shape)}); use optimlab.SparseAdam or "
+                    "torch.optim.SparseAdam for sparse embeddings"
+                )
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = 0
+                for t in chain:
+                    for k, v in t.init(p, group).items():
+                        st.setdefault(k, v)
+            b = buckets.setdefault(st["step"], ([], [], [], []))
+            b[0].append(p)
+            b[1].append(g)
+            b[2].append(st)
+            b[3].append(names[i] if names else None)
+        return chain, buckets
+
+    def _step_group(self, group: dict) -> None:
+        chain, buckets = self._gather(group)
+        maximize = group.get("maximize", False)
+        lr = self._lr(group)
+        for step, (params, grads, states, names) in buckets.items():
+            for st in states:
+                st["step"] = step + 1
+            keys = dict.fromkeys(k for st in states for k in st if k not in _ENGINE_KEYS)
+            state = {k: [st.get(k) for st in states] for k in keys}
+            u = Updates(params, grads, state, names, step + 1)
+            if maximize:
+                u.replace(torch._foreach_neg(grads))
+                u._owned = True
+            view = collections.ChainMap(self._step_info, group)
+            scalars = [t.scalars(view, step + 1) for t in chain]
+            run_chain(chain, u, scalars, lr)
+
+
+#: per-parameter state the engine itself keeps (not handed to transforms)
+_ENGINE_KEYS = ("step", "grad_accum")
+
+
+def run_chain(chain: Sequence[Transform], u: Updates, scalars: Sequence[dict], lr: Scalar | None) -> None:
+    """Run every transform, apply ``p <- p - lr * u``, then the post-apply transforms.
+
+    This is the whole numerical step: it is called as it is on the eager path, and traced by
+    ``torch.compile`` over flat buffers on the compiled path.
+    """
+    for t, s in zip(chain, scalars):
+        t.update(u, s)
+    apply_updates(u.params, u.updates, lr)
+    for t, s in zip(chain, scalars):
+        if t.has_after:
+            t.after(u, s)

@@ -1,0 +1,136 @@
+"""The base of optimlab's optimizer classes: torch.optim's signatures plus the options torch
+lacks, available on every class.
+
+Options (param-group hyperparameters; each group may set its own):
+
+=======================  ==================================================================
+``l1``                   proximal L1 strength: after each step ``p <- sign(p) max(|p| - lr l1, 0)``
+``l2``                   coupled L2 added to the gradient: ``g <- g + l2 p``
+``decoupled_decay``      lr-scaled decoupled decay: ``p <- p - lr * decoupled_decay * p``
+``independent_decay``    lr-independent decoupled decay: ``p <- (1 - independent_decay) p``
+``decay_mask``           which parameters every regulariser (and ``weight_decay``) applies to:
+                         an :class:`optimlab.Mask`, a callable ``(name, p) -> bool``, a regex of
+                         names to exclude, or ``"no_bias_norm"`` (skip tensors with ndim < 2)
+``clip_grad_value``      clamp each gradient entry to ``[-c, c]``
+``clip_param_grad_norm`` rescale each parameter's gradient to norm <= c
+``clip_grad_norm``       rescale all gradients so their global norm (over every group) is <= c
+=======================  ==================================================================
+
+Whole-optimizer options (constructor keywords): ``accumulate_steps=k`` (update once every k
+calls to ``step``, with the mean of the k gradients), ``skip_nonfinite=True`` (skip a step whose
+gradients contain inf/NaN and count it in ``optimizer.skipped_steps``), ``compile`` (run the
+chain as one compiled kernel over flat buffers; ``None`` = automatically for large groups).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core import ChainOptimizer, Transform, as_mask, check_int, check_nonneg, check_positive
+from ..transforms.clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
+from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
+
+__all__ = ["Optimizer", "EXTRA_DEFAULTS"]
+
+EXTRA_DEFAULTS: dict[str, Any] = {
+    "l1": 0.0,
+    "l2": 0.0,
+    "decoupled_decay": 0.0,
+    "independent_decay": 0.0,
+    "decay_mask": None,
+    "clip_grad_value": None,
+    "clip_param_grad_norm": None,
+    "clip_grad_norm": None,
+}
+
+
+class Optimizer(ChainOptimizer):
+    """Base class: subclasses implement :meth:`core` (their algorithm's chain for a group) and
+    extend :meth:`check_group`; the options above are wrapped around the core chain."""
+
+    def __init__(
+        self,
+        params,
+        defaults: dict[str, Any],
+        *,
+        lr_key: str | None = "lr",
+        accumulate_steps: int = 1,
+        skip_nonfinite: bool = False,
+        compile: bool | None = False,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - set(EXTRA_DEFAULTS)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword argument(s) {sorted(unknown)}; "
+                f"its hyperparameters are {sorted(defaults)} and the optimlab options are "
+                f"{sorted(EXTRA_DEFAULTS)} plus accumulate_steps, skip_nonfinite, compile"
+            )
+        check_int("accumulate_steps", accumulate_steps, minimum=1)
+        self.accumulate_steps = accumulate_steps
+        self.skip_nonfinite = bool(skip_nonfinite)
+        super().__init__(params, None, {**defaults, **EXTRA_DEFAULTS, **options}, lr_key=lr_key, compile=compile)
+
+    # -- subclasses ----------------------------------------------------------------------------
+    def core(self, group: dict) -> list[Transform]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def weight_decay(self, group: dict, key: str = "weight_decay") -> list[Transform]:
+        """torch's coupled ``weight_decay`` (L2 added to the gradient), honouring the mask."""
+        return [add_l2(key, group["decay_mask"])] if group.get(key, 0) != 0 else []
+
+    def check_group(self, group: dict) -> None:
+        super().check_group(group)
+        for key in ("weight_decay", "l1", "l2", "decoupled_decay", "independent_decay"):
+            if key in group:
+                check_nonneg(key, group[key])
+        if group["independent_decay"] >= 1:
+            raise ValueError(
+                f"Invalid independent_decay: {group['independent_decay']} (must be < 1: each step "
+                "multiplies the weights by 1 - independent_decay)"
+            )
+        for key in ("clip_grad_value", "clip_param_grad_norm", "clip_grad_norm"):
+            if group[key] is not None:
+                check_positive(key, group[key])
+        group["decay_mask"] = as_mask(group["decay_mask"])
+
+    # -- the chain ------------------------------------------------------------------------------
+    def build(self, group: dict) -> list[Transform]:
+        mask = group["decay_mask"]
+        pre: list[Transform] = []
+        if group["clip_grad_value"] is not None:
+            pre.append(clip_by_value())
+        if group["clip_param_grad_norm"] is not None:
+            pre.append(clip_by_param_norm())
+        if group["clip_grad_norm"] is not None:
+            pre.append(clip_by_global_norm())
+        if group["l2"] != 0:
+            pre.append(add_l2("l2", mask))
+        post: list[Transform] = []
+        if group["decoupled_decay"] != 0:
+            post.append(add_decayed_weights("decoupled_decay", mask))
+        if group["independent_decay"] != 0:
+            post.append(decay_weights("independent_decay", mask))
+        if group["l1"] != 0:
+            post.append(l1_prox("l1", self.lr_key, mask))
+        return pre + list(self.core(group)) + post
+
+    # -- whole-optimizer decisions ---------------------------------------------------------------
+    def _needs_global_norm(self) -> bool:
+        return self.skip_nonfinite or any(g["clip_grad_norm"] is not None for g in self.param_groups)
+
+    def _prestep(self) -> bool:
+        if self._needs_global_norm():
+            grads = [g for grp in self.param_groups for p in grp["params"] if (g := self._grad(p)) is not None]
+            if grads:
+                norms = torch._foreach_norm(grads)
+                total = torch.linalg.vector_norm(torch.stack([n.to(torch.float64).cpu() for n in norms])).item()
+            else:
+                total = 0.0
+            if self.skip_nonfinite and not torch.isfinite(torch.tensor(total)):
+                self.skipped_steps += 1
+                return False
+            self._step_info["_global_grad_norm"] = total
+        return True

@@ -1,0 +1,59 @@
+"""Adam and AdamW (torch.optim's signatures and numbers).
+
+    g <- g + weight_decay * p                        (Adam, coupled L2)
+    m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2     (AMSGrad: v <- max(v_max, v))
+    u <- (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    p <- p - lr * (u + weight_decay * p)             (AdamW, decoupled; Loshchilov & Hutter 2019)
+
+Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+
+Example::
+
+    >>> opt = optimlab.AdamW(model.named_parameters(), lr=3e-4, decay_mask="no_bias_norm")
+"""
+
+from __future__ import annotations
+
+from ..core import check_betas, check_nonneg
+from ..transforms.adam import scale_by_adam
+from ..transforms.regularize import add_decayed_weights
+from ..registry import register
+from ._base import Optimizer
+
+__all__ = ["Adam", "AdamW"]
+
+
+@register("adam", torch_name="Adam")
+class Adam(Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False, **options):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        foreach=foreach, maximize=maximize, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, **options)
+
+    def check_group(self, group):
+        super().check_group(group)
+        check_nonneg("eps", group["eps"])
+        check_betas("betas", group["betas"])
+
+    def core(self, group):
+        if group["decoupled_weight_decay"]:
+            chain = [scale_by_adam(amsgrad=group["amsgrad"])]
+            if group["weight_decay"] != 0:
+                chain.append(add_decayed_weights("weight_decay", group["decay_mask"]))
+            return chain
+        return self.weight_decay(group) + [scale_by_adam(amsgrad=group["amsgrad"])]
+
+
+@register("adamw", torch_name="AdamW")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``Adam(..., decoupled_weight_decay=True)``)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None, **options):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, **options)

@@ -1,0 +1,46 @@
+"""Gradient descent with momentum (torch.optim.SGD's signature and numbers).
+
+    g <- g + weight_decay * p
+    b <- momentum * b + (1 - dampening) * g         (b <- g on the first step)
+    u <- g + momentum * b  (nesterov)   or   u <- b
+    p <- p - lr * u
+
+Example::
+
+    >>> opt = optimlab.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+"""
+
+from __future__ import annotations
+
+from ..core import check_nonneg
+from ..transforms.momentum import trace
+from ..registry import register
+from ._base import Optimizer
+
+__all__ = ["SGD"]
+
+
+@register("sgd", torch_name="SGD")
+class SGD(Optimizer):
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None, **options):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, **options)
+
+    def check_group(self, group):
+        super().check_group(group)
+        check_nonneg("momentum", group["momentum"])
+        check_nonneg("dampening", group["dampening"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                f"Nesterov momentum requires a momentum and zero dampening (got momentum="
+                f"{group['momentum']}, dampening={group['dampening']}); set momentum > 0, dampening=0"
+            )
+
+    def core(self, group):
+        chain = self.weight_decay(group)
+        if group["momentum"] != 0:
+            chain.append(trace(nesterov=group["nesterov"]))
+        return chain

@@ -1,0 +1,68 @@
+"""Adam's moment estimates (Kingma & Ba, 2015), with AMSGrad (Reddi et al., 2018).
+
+    m_t = b1 m_{t-1} + (1 - b1) g_t
+    v_t = b2 v_{t-1} + (1 - b2) g_t^2            (AMSGrad: vmax_t = max(vmax_{t-1}, v_t))
+    u_t = (m_t / (1 - b1^t)) / (sqrt(v_t) / sqrt(1 - b2^t) + eps)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..core import Transform, axpy_
+
+__all__ = ["scale_by_adam"]
+
+
+def _zeros(p):
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+@dataclasses.dataclass(frozen=True)
+class scale_by_adam(Transform):
+    """Adam's bias-corrected first and second moments. State: ``exp_avg``, ``exp_avg_sq``
+    (and ``max_exp_avg_sq`` with AMSGrad), each shaped like the parameter."""
+
+    amsgrad: bool = False
+    betas_key: str = "betas"
+    eps_key: str = "eps"
+    hyperparameters = ("betas", "eps", "amsgrad")
+
+    def init(self, p, group):
+        st = {"exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
+        if self.amsgrad:
+            st["max_exp_avg_sq"] = _zeros(p)
+        return st
+
+    def scalars(self, group, step):
+        b1, b2 = (float(b) for b in group[self.betas_key])
+        return {
+            "b1": b1,
+            "1-b1": 1.0 - b1,
+            "b2": b2,
+            "1-b2": 1.0 - b2,
+            "1/bc1": 1.0 / (1.0 - b1**step),
+            "1/sqrt(bc2)": 1.0 / math.sqrt(1.0 - b2**step),
+            "eps": group[self.eps_key],
+        }
+
+    def update(self, u, s):
+        m, v, g = u.state["exp_avg"], u.state["exp_avg_sq"], u.updates
+        torch._foreach_mul_(m, s["b1"])
+        axpy_(m, s["1-b1"], g)
+        torch._foreach_mul_(v, s["b2"])
+        axpy_(v, s["1-b2"], torch._foreach_mul(g, g))
+        if self.amsgrad:
+            vmax = u.state["max_exp_avg_sq"]
+            torch._foreach_maximum_(vmax, v)
+            v = vmax
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_mul_(denom, s["1/sqrt(bc2)"])
+        torch._foreach_add_(denom, s["eps"])
+        new = torch._foreach_div(m, denom)
+        torch._foreach_mul_(new, s["1/bc1"])
+        u.replace(new)
+        u._owned = True

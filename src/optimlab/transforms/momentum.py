@@ -1,0 +1,47 @@
+"""Momentum: heavy-ball and Nesterov, with dampening (torch.optim.SGD's formulation).
+
+    b_t = mu * b_{t-1} + (1 - dampening) * g_t      (b_1 = g_1)
+    u_t = g_t + mu * b_t   (Nesterov)   or   u_t = b_t
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..core import Transform, axpy_
+
+__all__ = ["trace"]
+
+
+@dataclasses.dataclass(frozen=True)
+class trace(Transform):
+    """Heavy-ball / Nesterov momentum with dampening. State: ``momentum_buffer`` (like p)."""
+
+    nesterov: bool = False
+    momentum_key: str = "momentum"
+    dampening_key: str = "dampening"
+    hyperparameters = ("momentum", "dampening", "nesterov")
+
+    def init(self, p, group):
+        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def scalars(self, group, step):
+        mu = group[self.momentum_key]
+        first = step == 1  # torch starts the buffer at the (undamped) first gradient
+        return {
+            "mu": mu,
+            "keep": 0.0 if first else mu,
+            "add": 1.0 if first else 1.0 - group.get(self.dampening_key, 0.0),
+        }
+
+    def update(self, u, s):
+        bufs = u.state["momentum_buffer"]
+        torch._foreach_mul_(bufs, s["keep"])
+        axpy_(bufs, s["add"], u.updates)
+        if self.nesterov:
+            ups = u.mutable()
+            axpy_(ups, s["mu"], bufs)
+        else:
+            u.replace(bufs)

@@ -1,0 +1,126 @@
+"""Regularisers: L2 added to the gradient, decoupled weight decay (lr-scaled and
+lr-independent), and L1 by proximal soft-thresholding. Each takes a ``mask``.
+
+* ``add_l2(key)``:                u <- u + wd * p                       (coupled L2, torch's
+                                                                          ``weight_decay`` in SGD/Adam)
+* ``add_decayed_weights(key)``:   u <- u + wd * p   *after* the preconditioner, so that the
+                                  applied step is ``p <- p - lr * (u + wd * p)`` (AdamW; Loshchilov &
+                                  Hutter, 2019)
+* ``decay_weights(key)``:         p <- (1 - wd) * p, not scaled by the learning rate
+                                  (lr-independent decoupled decay)
+* ``l1_prox(key)``:               after the step, p <- sign(p) * max(|p| - lr * l1, 0), which sets
+                                  small weights to exact zeros (ISTA / proximal gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..core import Transform, Updates, axpy, axpy_, scale_
+
+__all__ = ["add_l2", "add_decayed_weights", "decay_weights", "l1_prox"]
+
+
+def _pick(u: Updates, mask, lists):
+    """The masked sub-lists (the lists themselves when there is no mask)."""
+    if mask is None:
+        return lists
+    idx = u.select(mask)
+    return [[xs[i] for i in idx] for xs in lists]
+
+
+@dataclasses.dataclass(frozen=True)
+class add_l2(Transform):
+    """Coupled L2: ``u <- u + wd * p`` (the gradient of ``wd/2 * ||p||^2``)."""
+
+    key: str = "weight_decay"
+    mask: Any = None
+
+    @property
+    def hyperparameters(self):
+        return (self.key,)
+
+    def scalars(self, group, step):
+        return {"wd": group[self.key]}
+
+    def update(self, u, s):
+        if self.mask is None:
+            # out-of-place: also the first copy of the user's gradient
+            u.replace(axpy(u.updates, s["wd"], u.params))
+            u._owned = True
+            return
+        ups = u.mutable()
+        sel_u, sel_p = _pick(u, self.mask, [ups, u.params])
+        axpy_(sel_u, s["wd"], sel_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class add_decayed_weights(Transform):
+    """Decoupled weight decay: ``u <- u + wd * p`` placed after the preconditioner, so the
+    applied step is ``p <- p - lr * u - lr * wd * p`` (AdamW)."""
+
+    key: str = "weight_decay"
+    mask: Any = None
+
+    @property
+    def hyperparameters(self):
+        return (self.key,)
+
+    def scalars(self, group, step):
+        return {"wd": group[self.key]}
+
+    def update(self, u, s):
+        ups = u.mutable()
+        sel_u, sel_p = _pick(u, self.mask, [ups, u.params])
+        axpy_(sel_u, s["wd"], sel_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class decay_weights(Transform):
+    """lr-independent decoupled decay: ``p <- (1 - wd) * p`` before the update is applied."""
+
+    key: str = "independent_decay"
+    mask: Any = None
+
+    @property
+    def hyperparameters(self):
+        return (self.key,)
+
+    def scalars(self, group, step):
+        return {"keep": 1.0 - group[self.key]}
+
+    def update(self, u, s):
+        (sel_p,) = _pick(u, self.mask, [u.params])
+        scale_(sel_p, s["keep"])
+
+
+@dataclasses.dataclass(frozen=True)
+class l1_prox(Transform):
+    """Proximal L1: after the gradient step, soft-threshold by ``lr * l1``
+    (``p <- sign(p) * max(|p| - lr * l1, 0)``), producing exact zeros."""
+
+    key: str = "l1"
+    lr_key: str | None = "lr"
+    mask: Any = None
+    has_after = True
+
+    @property
+    def hyperparameters(self):
+        return (self.key,)
+
+    def scalars(self, group, step):
+        lr = 1.0 if self.lr_key is None else float(group[self.lr_key])
+        return {"thresh": lr * group[self.key]}
+
+    def update(self, u, s):
+        pass
+
+    def after(self, u, s):
+        (sel_p,) = _pick(u, self.mask, [u.params])
+        for p in sel_p:
+            # sign(p) * relu(|p| - t), written with in-place ops where possible
+            shrunk = p.abs().sub_(s["thresh"]).clamp_(min=0)
+            p.copy_(shrunk.mul_(p.sign()))
