@@ -7,8 +7,11 @@ pair, in PyTorch form):
 * ``init(p, group) -> dict[str, Tensor]`` creates the transform's per-parameter state. It is
   stored in the optimizer's ``state[p]`` under torch.optim's own key names (``exp_avg``,
   ``momentum_buffer`` ...), so ``state_dict()`` / ``load_state_dict()`` just work.
-* ``scalars(group, step) -> dict[str, float]`` does the host-side scalar maths of one step
-  (bias corrections, step sizes) from the group's hyperparameters.
+* ``scalars(group, step, host) -> dict[str, float]`` does the host-side scalar maths of one
+  step (bias corrections, step sizes) from the group's hyperparameters. ``host`` is the
+  per-parameter state dict of the bucket's first parameter: a transform whose scalars carry
+  history (NAdam's momentum product, ASGD's eta) keeps it there as Python floats under the
+  names in ``host_keys``; the engine copies those entries to every parameter of the bucket.
 * ``update(u, s)`` transforms ``u.updates`` (a list of tensors, one per parameter) with
   multi-tensor ops. Numbers are read **only** from ``s`` -- they are Python floats on the eager
   path and 0-d tensors on the compiled path, so changing a hyperparameter never recompiles.
@@ -199,11 +202,13 @@ class Transform:
     """
 
     hyperparameters = ()  # type: tuple[str, ...]
+    #: per-parameter state entries that are host-side Python numbers (see ``scalars``)
+    host_keys = ()  # type: tuple[str, ...]
 
-    def init(self, p: Tensor, group: dict) -> dict[str, Tensor]:
+    def init(self, p: Tensor, group: dict) -> dict[str, Any]:
         return {}
 
-    def scalars(self, group: dict, step: int) -> dict[str, float]:
+    def scalars(self, group: dict, step: int, host: dict) -> dict[str, float]:
         return {}
 
     def update(self, u: Updates, s: dict) -> None:  # pragma: no cover - interface
@@ -521,9 +526,18 @@ class ChainOptimizer(torch.optim.Optimizer):
             if maximize:
                 u.replace(torch._foreach_neg(grads))
                 u._owned = True
-            view = collections.ChainMap(self._step_info, group)
-            scalars = [t.scalars(view, step + 1) for t in chain]
+            scalars = self._scalars(chain, group, step + 1, states)
             run_chain(chain, u, scalars, lr)
+
+    def _scalars(self, chain, group, step, states) -> list[dict]:
+        """Every transform's host-side scalars for one bucket (and its host state, shared)."""
+        view = collections.ChainMap(self._step_info, group)
+        out = [t.scalars(view, step, states[0]) for t in chain]
+        for t in chain:
+            for k in t.host_keys:
+                for st in states[1:]:
+                    st[k] = states[0][k]
+        return out
 
 
 #: per-parameter state the engine itself keeps (not handed to transforms)

@@ -1,18 +1,15 @@
-"""Gradient transforms: the building blocks every optimizer is chained from."""
+"""Gradient transforms: the building blocks every optimizer is chained from.
 
-from .adam import scale_by_adam
-from .clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
-from .momentum import trace
-from .regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
+Every module here (not starting with ``_``) is imported and its ``__all__`` re-exported.
+"""
 
-__all__ = [
-    "scale_by_adam",
-    "clip_by_global_norm",
-    "clip_by_param_norm",
-    "clip_by_value",
-    "trace",
-    "add_decayed_weights",
-    "add_l2",
-    "decay_weights",
-    "l1_prox",
-]
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+__all__ = []
+for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    if not _info.name.startswith("_"):
+        _mod = _importlib.import_module(f"{__name__}.{_info.name}")
+        for _name in _mod.__all__:
+            globals()[_name] = getattr(_mod, _name)
+            __all__.append(_name)

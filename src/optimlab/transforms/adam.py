@@ -37,7 +37,7 @@ class scale_by_adam(Transform):
             st["max_exp_avg_sq"] = _zeros(p)
         return st
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         b1, b2 = (float(b) for b in group[self.betas_key])
         return {
             "b1": b1,

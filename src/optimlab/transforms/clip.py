@@ -25,7 +25,7 @@ class clip_by_value(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         c = float(group[self.key])
         return {"lo": -c, "hi": c}
 
@@ -44,7 +44,7 @@ class clip_by_param_norm(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         return {"c": float(group[self.key])}
 
     def update(self, u, s):
@@ -65,7 +65,7 @@ class clip_by_global_norm(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         total = float(group["_global_grad_norm"])
         return {"coef": min(1.0, float(group[self.key]) / (total + 1e-6))}
 

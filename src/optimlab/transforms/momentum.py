@@ -27,7 +27,7 @@ class trace(Transform):
     def init(self, p, group):
         return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         mu = group[self.momentum_key]
         first = step == 1  # torch starts the buffer at the (undamped) first gradient
         return {

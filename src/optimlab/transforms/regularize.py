@@ -43,7 +43,7 @@ class add_l2(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         return {"wd": group[self.key]}
 
     def update(self, u, s):
@@ -69,7 +69,7 @@ class add_decayed_weights(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         return {"wd": group[self.key]}
 
     def update(self, u, s):
@@ -89,7 +89,7 @@ class decay_weights(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         return {"keep": 1.0 - group[self.key]}
 
     def update(self, u, s):
@@ -111,7 +111,7 @@ class l1_prox(Transform):
     def hyperparameters(self):
         return (self.key,)
 
-    def scalars(self, group, step):
+    def scalars(self, group, step, host):
         lr = 1.0 if self.lr_key is None else float(group[self.lr_key])
         return {"thresh": lr * group[self.key]}
 

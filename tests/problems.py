@@ -1,0 +1,64 @@
+"""Small deterministic problems shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def quadratic(dim: int = 10, cond: float = 10.0, dtype=torch.float64, seed: int = 0):
+    """f(x) = 1/2 x'Ax - b'x with eigenvalues in [1, cond]; returns (f, x0, x_star)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=dtype))
+    eig = torch.logspace(0, torch.log10(torch.tensor(cond)).item(), dim, dtype=dtype)
+    a = q @ torch.diag(eig) @ q.T
+    b = torch.randn(dim, generator=g, dtype=dtype)
+    x_star = torch.linalg.solve(a, b)
+
+    def f(x):
+        return 0.5 * x @ a @ x - b @ x
+
+    return f, torch.zeros(dim, dtype=dtype), x_star
+
+
+def rosenbrock(x):
+    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+
+ROSENBROCK_START = (-1.2, 1.0)
+
+
+class TinyNet(torch.nn.Module):
+    """A net with a matrix, a bias, a conv kernel and a 0-d scale: the shapes optimizers meet."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(2, 3, 3, dtype=dtype)
+        self.fc = torch.nn.Linear(3 * 6, 4, dtype=dtype)
+        self.out = torch.nn.Linear(4, 1, dtype=dtype)
+        self.scale = torch.nn.Parameter(torch.tensor(1.0, dtype=dtype))
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x)).flatten(1)
+        return self.scale * self.out(torch.tanh(self.fc(h))).squeeze(-1)
+
+
+def net_data(dtype=torch.float64, n: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 8, generator=g, dtype=dtype)
+    y = torch.randn(n, generator=g, dtype=dtype)
+    return x, y
+
+
+def make_net(dtype=torch.float64, seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet(dtype)
+
+
+def split_groups(params: list, groups: list[dict]) -> list[dict]:
+    """Split parameters round-robin into len(groups) param groups with the given overrides."""
+    if len(groups) == 1:
+        return [dict(params=list(params), **groups[0])]
+    out = [dict(params=[], **g) for g in groups]
+    for i, p in enumerate(params):
+        out[i % len(groups)]["params"].append(p)
+    return out
