@@ -417,6 +417,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         extra = state_dict.get("optimlab", {})
         state_dict = {k: v for k, v in state_dict.items() if k != "optimlab"}
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a torch.optim state_dict lacks optimlab's options
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+            self.check_group(group)
         self.skipped_steps = extra.get("skipped_steps", 0)
         self._micro = extra.get("micro_steps", 0)
         for st in self.state.values():

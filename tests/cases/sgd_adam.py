@@ -27,9 +27,9 @@ TORCH_CASES = [
 ]
 
 CONVERGE = {
-    "sgd": dict(kwargs=dict(lr=1e-3, momentum=0.9), steps=3000),
-    "adam": dict(kwargs=dict(lr=2e-2), steps=3000),
-    "adamw": dict(kwargs=dict(lr=2e-2, weight_decay=0.0), steps=3000),
+    "sgd": {"quadratic": (dict(lr=0.1, momentum=0.5), 500), "rosenbrock": (dict(lr=1e-3, momentum=0.9), 10000)},
+    "adam": {"quadratic": (dict(lr=0.05), 2000), "rosenbrock": (dict(lr=0.02), 5000)},
+    "adamw": {"quadratic": (dict(lr=0.05, weight_decay=0.0), 2000), "rosenbrock": (dict(lr=0.02, weight_decay=0.0), 5000)},
 }
 
 BAD = {

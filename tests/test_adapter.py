@@ -1,0 +1,256 @@
+"""The adapter is a real torch.optim.Optimizer: param groups, closures, schedulers, GradScaler,
+state_dict (also from torch.optim), deepcopy, pickle, named parameters, clear errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as S
+
+import optimlab
+from problems import make_net, net_data
+
+
+def _loss(net, x, y):
+    return ((net(x) - y) ** 2).mean()
+
+
+def _pair(cls_name, **kw):
+    net_a, x, y = make_net(), *net_data()
+    net_b = copy.deepcopy(net_a)
+    return net_a, net_b, getattr(optimlab, cls_name)(net_a.parameters(), **kw), getattr(torch.optim, cls_name)(
+        net_b.parameters(), **kw), x, y
+
+
+# --- construction errors ---------------------------------------------------------------------
+def test_empty_parameter_list():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optimlab.Adam([])
+
+
+def test_non_tensor_parameter():
+    with pytest.raises(TypeError, match="can only optimize Tensors.*float"):
+        optimlab.SGD([1.0], lr=0.1)
+
+
+def test_single_tensor_instead_of_list():
+    with pytest.raises(TypeError, match="iterable"):
+        optimlab.SGD(torch.nn.Parameter(torch.ones(2)), lr=0.1)
+
+
+def test_parameter_listed_twice_in_a_group():
+    w = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="appears twice"):
+        optimlab.SGD([w, w], lr=0.1)
+
+
+def test_parameter_in_two_groups():
+    w = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        optimlab.SGD([{"params": [w]}, {"params": [w]}], lr=0.1)
+
+
+def test_group_with_unknown_key():
+    w = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match=r"unknown key.*'lrr'"):
+        optimlab.Adam([{"params": [w], "lrr": 0.1}])
+
+
+def test_unknown_keyword_argument():
+    w = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match="momentun"):
+        optimlab.SGD([w], lr=0.1, momentun=0.9)
+
+
+def test_add_param_group_is_validated_and_used():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = optimlab.SGD([a], lr=0.1)
+    with pytest.raises(ValueError, match="momentum"):
+        opt.add_param_group({"params": [b], "momentum": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [b], "lr": 0.5})
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    opt.step()
+    assert torch.allclose(a, torch.full((2,), 0.9)) and torch.allclose(b, torch.full((2,), 0.5))
+
+
+# --- the step ----------------------------------------------------------------------------------
+def test_parameters_without_grad_are_skipped():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = optimlab.Adam([a, b], lr=0.1)
+    a.grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(b, torch.ones(2)) and b not in opt.state
+    assert not torch.equal(a, torch.ones(2))
+
+
+def test_step_returns_closure_loss_and_calls_it_once():
+    net_a, net_b, ours, theirs, x, y = _pair("SGD", lr=0.1)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        ours.zero_grad()
+        loss = _loss(net_a, x, y)
+        loss.backward()
+        return loss
+
+    loss = ours.step(closure)
+    assert len(calls) == 1 and torch.is_tensor(loss) and loss.item() > 0
+
+
+def test_grad_is_not_modified():
+    w = torch.nn.Parameter(torch.ones(3))
+    g = torch.tensor([1.0, -2.0, 3.0])
+    for opt in (optimlab.SGD([w], lr=0.1, momentum=0.9, weight_decay=0.1, maximize=True),
+                optimlab.Adam([w], lr=0.1, weight_decay=0.1), optimlab.AdamW([w], clip_grad_value=0.5, l2=0.1)):
+        w.grad = g.clone()
+        opt.step()
+        opt.step()
+        assert torch.equal(w.grad, g)
+
+
+def test_step_hooks_run():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = optimlab.SGD([w], lr=0.1)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
+    w.grad = torch.ones(3)
+    opt.step()
+    assert seen == ["pre", "post"]
+
+
+# --- schedulers --------------------------------------------------------------------------------
+SCHEDULERS = {
+    "StepLR": lambda o: S.StepLR(o, step_size=5, gamma=0.5),
+    "MultiStepLR": lambda o: S.MultiStepLR(o, milestones=[3, 8], gamma=0.3),
+    "ConstantLR": lambda o: S.ConstantLR(o, factor=0.5, total_iters=4),
+    "LinearLR": lambda o: S.LinearLR(o, start_factor=0.2, total_iters=6),
+    "ExponentialLR": lambda o: S.ExponentialLR(o, gamma=0.9),
+    "PolynomialLR": lambda o: S.PolynomialLR(o, total_iters=10, power=2.0),
+    "CosineAnnealingLR": lambda o: S.CosineAnnealingLR(o, T_max=7),
+    "CosineAnnealingWarmRestarts": lambda o: S.CosineAnnealingWarmRestarts(o, T_0=4, T_mult=2),
+    "LambdaLR": lambda o: S.LambdaLR(o, lambda t: 1 / (1 + t)),
+    "MultiplicativeLR": lambda o: S.MultiplicativeLR(o, lambda t: 0.95),
+    "SequentialLR": lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.1, total_iters=3), S.ExponentialLR(o, 0.9)], milestones=[3]),
+    "ChainedScheduler": lambda o: S.ChainedScheduler([S.ConstantLR(o, 0.5, total_iters=3), S.ExponentialLR(o, 0.9)]),
+    "CyclicLR": lambda o: S.CyclicLR(o, base_lr=0.001, max_lr=0.05, step_size_up=4),
+    "OneCycleLR": lambda o: S.OneCycleLR(o, max_lr=0.05, total_steps=30),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS) + ["ReduceLROnPlateau"])
+@pytest.mark.parametrize("opt_name", ["SGD", "Adam"])
+def test_lr_schedulers_drive_the_same_trajectory(name, opt_name):
+    kw = dict(lr=0.02, momentum=0.9) if opt_name == "SGD" else dict(lr=0.02)
+    net_a, net_b, ours, theirs, x, y = _pair(opt_name, **kw)
+    if name == "ReduceLROnPlateau":
+        make = lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1)  # noqa: E731
+    else:
+        make = SCHEDULERS[name]
+    sa, sb = make(ours), make(theirs)
+    for _ in range(30):
+        for net, opt, sch in ((net_a, ours, sa), (net_b, theirs, sb)):
+            opt.zero_grad()
+            loss = _loss(net, x, y)
+            loss.backward()
+            opt.step()
+            sch.step(round(loss.item(), 1)) if name == "ReduceLROnPlateau" else sch.step()
+    assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --- AMP ---------------------------------------------------------------------------------------
+def test_grad_scaler_matches_torch_and_skips_inf_steps():
+    net_a, net_b, ours, theirs, x, y = _pair("Adam", lr=0.01)
+    sc_a, sc_b = torch.amp.GradScaler("cpu", init_scale=2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for step in range(12):
+        for net, opt, sc in ((net_a, ours, sc_a), (net_b, theirs, sc_b)):
+            opt.zero_grad()
+            loss = _loss(net, x, y) * (float("inf") if step == 5 else 1.0)
+            sc.scale(loss).backward()
+            sc.step(opt)
+            sc.update()
+    assert sc_a.get_scale() == sc_b.get_scale() < 2.0**10
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --- persistence -------------------------------------------------------------------------------
+def _train(net, opt, x, y, n):
+    for _ in range(n):
+        opt.zero_grad()
+        _loss(net, x, y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_deepcopy_and_pickle_continue_identically(how):
+    net, x, y = make_net(), *net_data()
+    opt = optimlab.AdamW(net.parameters(), lr=0.01, amsgrad=True)
+    _train(net, opt, x, y, 5)
+    both = (net, opt)
+    net2, opt2 = copy.deepcopy(both) if how == "deepcopy" else pickle.loads(pickle.dumps(both))
+    _train(net, opt, x, y, 5)
+    _train(net2, opt2, x, y, 5)
+    for a, b in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_loads_a_torch_optim_state_dict():
+    net_a, net_b, ours, theirs, x, y = _pair("Adam", lr=0.01, amsgrad=True)
+    _train(net_b, theirs, x, y, 10)
+    buf = io.BytesIO()
+    torch.save({"model": net_b.state_dict(), "opt": theirs.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    net_a.load_state_dict(ckpt["model"])
+    ours.load_state_dict(ckpt["opt"])
+    _train(net_a, ours, x, y, 10)
+    _train(net_b, theirs, x, y, 10)
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_state_dict_keeps_hyperparameter_changes_and_counters():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = optimlab.Adam([w], lr=0.01, skip_nonfinite=True)
+    w.grad = torch.tensor([1.0, float("nan"), 0.0])
+    opt.step()
+    opt.param_groups[0]["lr"] = 0.5
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    opt2 = optimlab.Adam([w], lr=0.01, skip_nonfinite=True)
+    opt2.load_state_dict(torch.load(buf, weights_only=False))
+    assert opt2.param_groups[0]["lr"] == 0.5 and opt2.skipped_steps == 1
+
+
+# --- named parameters --------------------------------------------------------------------------
+def test_named_parameters_are_accepted_and_saved():
+    net = make_net()
+    opt = optimlab.AdamW(net.named_parameters(), lr=0.01)
+    assert opt.param_groups[0]["param_names"][0] == next(net.named_parameters())[0]
+    assert opt.state_dict()["param_groups"][0]["param_names"] == [n for n, _ in net.named_parameters()]
+
+
+def test_name_mask_requires_names():
+    net = make_net()
+    opt = optimlab.AdamW(net.parameters(), lr=0.01, decay_mask=optimlab.Mask(exclude="bias"))
+    _loss(net, *net_data()).backward()
+    with pytest.raises(ValueError, match="named_parameters"):
+        opt.step()
+
+
+def test_sparse_gradient_error_is_clear():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = optimlab.Adam(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients.*SparseAdam"):
+        opt.step()
