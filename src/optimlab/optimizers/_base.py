@@ -5,6 +5,9 @@ Options (param-group hyperparameters; each group may set its own):
 
 =======================  ==================================================================
 ``l1``                   proximal L1 strength: after each step ``p <- sign(p) max(|p| - lr l1, 0)``
+                         (exact zeros; the proximal step is exact for SGD -- ISTA -- while with
+                         adaptive methods, whose steps are ~lr per coordinate, fewer entries settle
+                         at zero)
 ``l2``                   coupled L2 added to the gradient: ``g <- g + l2 p``
 ``decoupled_decay``      lr-scaled decoupled decay: ``p <- p - lr * decoupled_decay * p``
 ``independent_decay``    lr-independent decoupled decay: ``p <- (1 - independent_decay) p``
