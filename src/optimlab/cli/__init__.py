@@ -1,0 +1,27 @@
+"""``optimlab`` command line: registers the subcommands; each subcommand module parses its own
+arguments and calls the library.
+
+    optimlab optimizers [--json]      the registry: names, defaults, capabilities
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import optimizers as _optimizers
+
+SUBCOMMANDS = {"optimizers": _optimizers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="optimlab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub)
+    args = parser.parse_args(argv)
+    return SUBCOMMANDS[args.command].run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

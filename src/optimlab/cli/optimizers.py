@@ -1,0 +1,29 @@
+"""``optimlab optimizers``: list the registry (names, defaults, capabilities)."""
+
+from __future__ import annotations
+
+import json
+
+from .. import registry
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("optimizers", help="list the optimizers with their defaults and capabilities")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _fmt(v) -> str:
+    return repr(v) if not isinstance(v, float) else f"{v:g}"
+
+
+def run(args) -> int:
+    rows = registry.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=repr))
+        return 0
+    for r in rows:
+        caps = [c for c in ("needs_closure", "second_order", "sparse_gradients") if r[c]]
+        same = f"  = {r['torch_equivalent']}" if r["torch_equivalent"] else ""
+        print(f"{r['name']:<12} {r['class']}{same}{'  [' + ', '.join(caps) + ']' if caps else ''}")
+        print("             " + ", ".join(f"{k}={_fmt(v)}" for k, v in r["defaults"].items()))
+    return 0
