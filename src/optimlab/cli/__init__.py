@@ -1,6 +1,9 @@
 """``optimlab`` command line: registers the subcommands; each subcommand module parses its own
 arguments and calls the library.
 
+    optimlab compare [...]            compare optimizers on tasks (table, plots, HTML report)
+    optimlab trajectories [...]       optimizer paths on a 2-D test function
+    optimlab tasks [--json]           the lab's tasks
     optimlab optimizers [--json]      the registry: names, defaults, capabilities
 """
 
@@ -9,9 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import compare as _compare
 from . import optimizers as _optimizers
+from . import tasks as _tasks
+from . import trajectories as _trajectories
 
-SUBCOMMANDS = {"optimizers": _optimizers}
+SUBCOMMANDS = {"compare": _compare, "trajectories": _trajectories, "tasks": _tasks, "optimizers": _optimizers}
 
 
 def main(argv: list[str] | None = None) -> int:

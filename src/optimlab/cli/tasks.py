@@ -1,0 +1,25 @@
+"""``optimlab tasks``: the lab's tasks with their metric, target and default budget."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tasks", help="list the lab's tasks")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    from ..lab.tasks import TASKS
+
+    rows = [t.describe() for t in TASKS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        bs = "full batch" if r["batch_size"] is None else f"batch {r['batch_size']}"
+        print(f"{r['name']:<22} {r['description']}")
+        print(f"{'':<22} target {r['metric']} {'>=' if r['higher_is_better'] else '<='} {r['target']:g}; "
+              f"{r['epochs']} epochs, {bs}; default {r['default_optimizer']}")
+    return 0

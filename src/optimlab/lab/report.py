@@ -1,0 +1,106 @@
+"""The HTML report: one self-contained file (plots embedded as PNG data) with, per task, the
+comparison table, loss / metric / time-to-target plots, and the verdict on "Adam converges
+faster and generalizes better than SGD/GD".
+
+    >>> path = write_report(records, "runs/report.html", pngs_dir="runs")
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import os
+from typing import Any
+
+from .analysis import summarize, verdict
+
+__all__ = ["write_report", "task_figures"]
+
+
+def task_figures(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    """The figures for one task: loss curves, validation metric, time to target."""
+    from .. import plots
+
+    rs = [r for r in records if r["task"] == task]
+    return {
+        "loss": plots.loss_curves(rs, title=f"{task}: training loss"),
+        "metric": plots.metric_curves(rs, title=f"{task}: validation metric"),
+        "target": plots.time_to_target(rs, title=f"{task}: steps to target"),
+    }
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _cell(x, pct=False):
+    if x is None:
+        return "–"
+    return f"{100 * x:.2f}%" if pct else f"{x:.4g}"
+
+
+def _table(rows) -> str:
+    head = ("optimizer", "lr", "test metric (mean ± sd)", "best val", "final train loss", "val − train loss",
+            "median steps to target", "median s to target", "reached", "diverged / failed", "s per run")
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        pct = r["metric"] is not None and "accuracy" in r["metric"]
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            r["label"], _cell(r["lr"]), f"{_cell(r['test_metric'], pct)} ± {_cell(r['test_metric_sd'], pct)}",
+            _cell(r["best_val_metric"], pct), _cell(r["final_train_loss"]), _cell(r["generalization_gap"]),
+            _cell(r["steps_to_target"]), _cell(r["seconds_to_target"]), f"{r['reached']}/{r['runs']}",
+            r["diverged"] + r["errors"], _cell(r["seconds"]))) + "</tr>")
+    out.append("</table>")
+    notes = [m for r in rows for m in r["messages"]]
+    if notes:
+        out.append("<ul class=notes>" + "".join(f"<li>{html.escape(m)}</li>" for m in sorted(set(notes))) + "</ul>")
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}.verdict{background:#f6f8fa;border-left:4px solid #4a7;padding:.6em 1em}
+.plots img{width:49%;min-width:420px}.notes{font-size:12px;color:#a33}"""
+
+
+def write_report(records: list[dict[str, Any]], path: str, pngs_dir: str | None = None,
+                 title: str = "optimlab comparison") -> str:
+    """Write the report to ``path`` (and each plot as a PNG in ``pngs_dir`` if given); returns
+    the path."""
+    rows = summarize(records)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{len(records)} runs, generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Each optimizer gets the "
+             "same budget (epochs, batch size) and the same seeds; the test metric is measured once, after training; "
+             "the target is checked on the validation set after every epoch.</p>"]
+    for task in tasks:
+        task_rows = [r for r in rows if r["task"] == task]
+        v = verdict(rows, task)
+        parts.append(f"<h2>{html.escape(task)}</h2>")
+        parts.append(f"<div class=verdict><b>Adam converges faster and generalizes better than SGD/GD — "
+                     f"{html.escape(v['verdict'])}.</b><br>" + "<br>".join(html.escape(t) for t in v["text"]) + "</div>")
+        parts.append(_table(task_rows))
+        parts.append("<div class=plots>")
+        for name, fig in task_figures(records, task).items():
+            png = _png(fig)
+            if pngs_dir:
+                os.makedirs(pngs_dir, exist_ok=True)
+                with open(os.path.join(pngs_dir, f"{task}-{name}.png"), "wb") as f:
+                    f.write(png)
+            parts.append(f'<img alt="{task} {name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+        parts.append("</div>")
+    parts.append("</body></html>")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(parts))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,160 @@
+"""Plots. The only module that imports matplotlib, and only inside the functions (Agg backend,
+so it works without a display). Each function takes an optional ``ax`` and returns the figure.
+
+    >>> fig = loss_curves(records)            # training loss vs step, mean and seed band
+    >>> fig.savefig("loss.png")
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+__all__ = ["loss_curves", "metric_curves", "time_to_target", "trajectories", "lr_sweep"]
+
+
+def _axes(ax, figsize=(6.4, 4.2)):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax.figure, ax
+
+
+def _by_label(records):
+    out: dict[str, list] = defaultdict(list)
+    for r in records:
+        if not r.get("error"):
+            out[r["label"]].append(r)
+    return out
+
+
+def _band(ax, xs_list, ys_list, label, color=None):
+    """Mean line and min-max band over seeds, on a common x grid."""
+    xs_list = [np.asarray(x, float) for x in xs_list if len(x)]
+    ys_list = [np.asarray(y, float) for y in ys_list if len(y)]
+    if not xs_list:
+        return
+    grid = np.unique(np.concatenate(xs_list))
+    ys = np.array([np.interp(grid, x, y, right=np.nan) for x, y in zip(xs_list, ys_list)])
+    with np.errstate(all="ignore"):
+        mean, lo, hi = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+    (line,) = ax.plot(grid, mean, label=f"{label} ({len(ys_list)} seeds)" if len(ys_list) > 1 else label, color=color)
+    if len(ys_list) > 1:
+        ax.fill_between(grid, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
+
+
+def loss_curves(records: list[dict[str, Any]], ax=None, title: str | None = None, log: bool = True):
+    """Training loss against optimizer steps, one line per optimizer (mean, min-max band over
+    seeds); diverged runs end where they diverged and are marked with an x."""
+    fig, ax = _axes(ax)
+    for label, rs in sorted(_by_label(records).items()):
+        curves = [r.get("curve") or [] for r in rs]
+        _band(ax, [[p[0] for p in c] for c in curves], [[p[1] for p in c if p[1] is not None] for c in curves], label)
+        for r in rs:
+            if r.get("diverged") and r.get("curve"):
+                ax.plot(r["curve"][-1][0], r["curve"][-1][1] or ax.get_ylim()[1], "x", color="red")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("training loss (per batch)")
+    ax.set_title(title or "Training loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def metric_curves(records: list[dict[str, Any]], ax=None, key: str = "val_metric", title: str | None = None):
+    """A per-epoch quantity (validation metric by default) against steps, with seed bands;
+    the task's target as a dashed line."""
+    fig, ax = _axes(ax)
+    target = None
+    for label, rs in sorted(_by_label(records).items()):
+        logs = [[e for e in r.get("epochs_log") or [] if e.get(key) is not None] for r in rs]
+        _band(ax, [[e["step"] for e in lg] for lg in logs], [[e[key] for e in lg] for lg in logs], label)
+        target = rs[0].get("target", target)
+        metric = rs[0].get("metric", key)
+    if target is not None and key == "val_metric":
+        ax.axhline(target, ls="--", color="gray", lw=1, label=f"target {target:g}")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel(key.replace("_", " ") if key != "val_metric" else f"validation {metric.replace('test ', '')}")
+    ax.set_title(title or ax.get_ylabel())
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def time_to_target(records: list[dict[str, Any]], ax=None, unit: str = "steps", title: str | None = None):
+    """Steps (or seconds) to reach the task's target per optimizer: one dot per seed, a bar
+    for the median; runs that never reached it are counted in the label."""
+    fig, ax = _axes(ax)
+    key = "steps_to_target" if unit == "steps" else "seconds_to_target"
+    labels = sorted(_by_label(records))
+    for i, label in enumerate(labels):
+        rs = _by_label(records)[label]
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        if vals:
+            ax.bar(i, float(np.median(vals)), color=f"C{i}", alpha=0.5)
+            ax.plot([i] * len(vals), vals, "o", color=f"C{i}")
+        missed = len(rs) - len(vals)
+        if missed:
+            ax.text(i, 0, f"{missed} not\nreached", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(f"{unit} to target")
+    ax.set_title(title or f"Time to target ({unit}; lower is better)")
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def trajectories(function, paths: dict[str, np.ndarray], ax=None, title: str | None = None):
+    """Paths of several optimizers over a 2-D test function's (log-scaled) contour plot."""
+    import torch
+
+    fig, ax = _axes(ax, figsize=(6.4, 5.2))
+    (x0, x1), (y0, y1) = function.bounds
+    xs, ys = np.linspace(x0, x1, 300), np.linspace(y0, y1, 300)
+    gx, gy = np.meshgrid(xs, ys)
+    pts = torch.tensor(np.stack([gx, gy]), dtype=torch.float64)
+    z = function.f(pts).numpy() - function.f_min
+    levels = np.logspace(math.log10(max(z.min(), 1e-3) + 1e-3), math.log10(z.max() + 1e-3), 25)
+    ax.contour(gx, gy, z + 1e-3, levels=levels, cmap="Greys", linewidths=0.6, alpha=0.7)
+    for label, path in paths.items():
+        path = np.asarray(path)
+        ok = np.isfinite(path).all(1)
+        ax.plot(path[ok, 0], path[ok, 1], "-", lw=1.4, label=label, alpha=0.9)
+        ax.plot(path[ok][-1:, 0], path[ok][-1:, 1], "o", ms=4, color=ax.lines[-1].get_color())
+    for m in function.minima:
+        ax.plot(*m, "*", color="gold", ms=14, mec="k")
+    ax.plot(*function.start, "s", color="k", ms=6)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_title(title or f"{function.name}: optimizer trajectories")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def lr_sweep(results: dict[str, list[dict[str, Any]]], ax=None, title: str | None = None):
+    """Final loss against learning rate per optimizer (log-log), diverged runs marked x."""
+    fig, ax = _axes(ax)
+    for i, (label, rows) in enumerate(sorted(results.items())):
+        rows = sorted(rows, key=lambda r: r["lr"])
+        ok = [r for r in rows if not r.get("diverged") and r.get("final_loss") is not None]
+        ax.plot([r["lr"] for r in ok], [r["final_loss"] for r in ok], "o-", color=f"C{i}", label=label)
+        bad = [r for r in rows if r.get("diverged")]
+        if bad:
+            top = max([r["final_loss"] for r in ok], default=1.0)
+            ax.plot([r["lr"] for r in bad], [top * 2] * len(bad), "x", color=f"C{i}", ms=9)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final training loss (x: diverged)")
+    ax.set_title(title or "Learning-rate sensitivity")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

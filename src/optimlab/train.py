@@ -1,0 +1,264 @@
+"""A small, readable fit loop.
+
+Batch modes (one epoch is one pass over the training set):
+
+* ``batch_size=None``  -- full-batch gradient descent: 1 optimizer step per epoch;
+* ``batch_size=1``     -- per-example (stochastic) gradient descent: N steps per epoch;
+* ``batch_size=B``     -- mini-batch gradient descent: ceil(N / B) steps per epoch.
+
+Every step goes through ``optimizer.step(closure)``, so closure-based optimizers (L-BFGS, line
+searches) work unchanged. Training is seeded and deterministic; the shuffling generator, torch's
+RNG, the model, the optimizer and the history are checkpointed atomically, and ``resume=True``
+continues the same trajectory. A loss that becomes non-finite or explodes stops the run, which
+is reported as diverged with advice instead of printing NaN.
+
+Example::
+
+    >>> result = fit(model, optimlab.Adam(model.parameters()), torch.nn.functional.cross_entropy,
+    ...              (x_train, y_train), val=(x_val, y_val), metric=accuracy, epochs=10, batch_size=32)
+    >>> result.diverged, result.best("val_metric")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["fit", "FitResult", "accuracy", "save_atomic", "steps_per_epoch"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def accuracy(output: Tensor, target: Tensor) -> float:
+    """Fraction of rows whose arg-max (or, for one output, sign) matches the target."""
+    if output.ndim == 1 or output.shape[-1] == 1:
+        pred = (output.reshape(-1) > 0).to(target.dtype)
+    else:
+        pred = output.argmax(-1)
+    return (pred == target).float().mean().item()
+
+
+def steps_per_epoch(n: int, batch_size: int | None) -> int:
+    """1 for full batch, N for per-example, ceil(N / B) for mini-batches."""
+    return 1 if batch_size is None or batch_size >= n else math.ceil(n / batch_size)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What a run did: per-step training losses, per-epoch records, and how it ended."""
+
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    step_losses: list[float] = dataclasses.field(default_factory=list)
+    epoch_records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    diverged: bool = False
+    stopped_early: bool = False
+    message: str = ""
+    steps_to_target: int | None = None
+    seconds_to_target: float | None = None
+
+    def best(self, key: str, higher_is_better: bool = False) -> float | None:
+        vals = [r[key] for r in self.epoch_records if r.get(key) is not None and math.isfinite(r[key])]
+        if not vals:
+            return None
+        return max(vals) if higher_is_better else min(vals)
+
+    def last(self, key: str) -> float | None:
+        for r in reversed(self.epoch_records):
+            if r.get(key) is not None:
+                return r[key]
+        return None
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    a write killed midway leaves the previous file intact."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loss_fn: LossFn, data, metric=None, batch_size: int = 4096) -> tuple[float, float | None]:
+    """Mean loss (and metric) over a data set, in eval mode, batched to bound memory."""
+    x, y = data
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    out = torch.cat(outs)
+    loss = loss_fn(out, y).item()
+    return loss, (metric(out, y) if metric is not None else None)
+
+
+def _mode_switch(optimizer, mode: str) -> None:
+    """Optimizers with two sequences of weights (schedule-free) expose train()/eval()."""
+    fn = getattr(optimizer, mode, None)
+    if callable(fn):
+        fn()
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    train: tuple[Tensor, Tensor],
+    *,
+    val: tuple[Tensor, Tensor] | None = None,
+    metric: Callable[[Tensor, Tensor], float] | None = None,
+    higher_is_better: bool = True,
+    epochs: int = 10,
+    batch_size: int | None = 32,
+    shuffle: bool = True,
+    seed: int = 0,
+    max_steps: int | None = None,
+    target: float | None = None,
+    early_stopping: int | None = None,
+    divergence_factor: float = 1e3,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` with ``optimizer`` on ``train = (inputs, targets)``.
+
+    ``metric`` (e.g. :func:`accuracy`) is computed on ``val`` each epoch, together with the
+    validation loss, so overfitting shows as a gap between ``train_loss`` and ``val_loss``.
+    ``target``: the first step/second at which the validation metric reaches it is recorded
+    (``higher_is_better`` says which way). ``early_stopping=k`` stops after k epochs without a
+    better validation metric. A training loss that is non-finite or above
+    ``divergence_factor`` times the first loss stops the run as diverged.
+    ``checkpoint``: a file written atomically after every epoch; with ``resume=True`` an
+    existing checkpoint is loaded and training continues where it stopped.
+    """
+    x, y = train
+    n = len(x)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"Invalid batch_size: {batch_size} (use None for full batch, 1 for per-example)")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    result = FitResult()
+    first_loss: float | None = None
+    best_metric: float | None = None
+    bad_epochs = 0
+    start_epoch = 0
+
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        ck = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        result = ck["result"]
+        first_loss, best_metric, bad_epochs = ck["first_loss"], ck["best_metric"], ck["bad_epochs"]
+        start_epoch = result.epochs
+        if result.diverged or result.stopped_early:
+            return result
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start_epoch, unit="epoch", leave=False)
+    t_start = time.perf_counter() - result.seconds
+    model.train()
+    _mode_switch(optimizer, "train")
+    try:
+        for epoch in range(start_epoch, epochs):
+            order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+            bs = n if batch_size is None else batch_size
+            epoch_losses = []
+            for i in range(0, n, bs):
+                idx = order[i:i + bs]
+                xb, yb = x[idx], y[idx]
+
+                def closure():
+                    optimizer.zero_grad()
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    return loss
+
+                loss = optimizer.step(closure)
+                loss = float(loss.detach() if isinstance(loss, Tensor) else loss)
+                result.steps += 1
+                result.step_losses.append(loss)
+                epoch_losses.append(loss)
+                if first_loss is None:
+                    first_loss = loss
+                if not math.isfinite(loss) or loss > divergence_factor * max(abs(first_loss), 1e-8):
+                    result.diverged = True
+                    result.message = _divergence_advice(optimizer, loss, first_loss, epoch, result.steps)
+                    break
+                if max_steps is not None and result.steps >= max_steps:
+                    break
+            if result.diverged:
+                result.epochs = epoch + 1
+                break
+            record = {"epoch": epoch + 1, "step": result.steps, "seconds": time.perf_counter() - t_start,
+                      "train_loss": sum(epoch_losses) / len(epoch_losses)}
+            if val is not None:
+                _mode_switch(optimizer, "eval")
+                record["val_loss"], record["val_metric"] = evaluate(model, loss_fn, val, metric)
+                _mode_switch(optimizer, "train")
+                m = record["val_metric"] if metric is not None else record["val_loss"]
+                hib = higher_is_better if metric is not None else False
+                if target is not None and result.steps_to_target is None and (m >= target if hib else m <= target):
+                    result.steps_to_target, result.seconds_to_target = result.steps, record["seconds"]
+                if best_metric is None or (m > best_metric if hib else m < best_metric):
+                    best_metric, bad_epochs = m, 0
+                else:
+                    bad_epochs += 1
+            result.epoch_records.append(record)
+            result.epochs = epoch + 1
+            result.seconds = time.perf_counter() - t_start
+            if on_epoch is not None:
+                on_epoch(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['train_loss']:.4g}")
+            if early_stopping is not None and bad_epochs >= early_stopping:
+                result.stopped_early = True
+                result.message = f"stopped early: no better validation result for {early_stopping} epochs"
+            if checkpoint is not None:
+                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                             "result": result, "first_loss": first_loss, "best_metric": best_metric,
+                             "bad_epochs": bad_epochs}, checkpoint)
+            if result.stopped_early or (max_steps is not None and result.steps >= max_steps):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _divergence_advice(optimizer, loss: float, first: float, epoch: int, step: int) -> str:
+    lrs = sorted({g["lr"] for g in optimizer.param_groups if "lr" in g})
+    what = "became non-finite" if not math.isfinite(loss) else f"exploded to {loss:.3g} (first loss {first:.3g})"
+    lr_txt = f" at lr={lrs[0]:g}" if len(lrs) == 1 else ""
+    smaller = f"; try lr={lrs[0] / 10:g} or smaller" if len(lrs) == 1 else "; try a smaller learning rate"
+    return (f"diverged: the training loss {what} at epoch {epoch + 1}, step {step}{lr_txt}{smaller}, "
+            "or clip gradients (clip_grad_norm=1.0)")
