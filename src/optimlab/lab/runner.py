@@ -180,6 +180,16 @@ def load_records(path: str) -> list[dict[str, Any]]:
     return out
 
 
+def _end_last_line(path: str) -> None:
+    """A comparison killed mid-write leaves a partial last line: end it, so the next record
+    starts on a line of its own (the partial line is then skipped by :func:`load_records`)."""
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
 
@@ -197,6 +207,8 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), unit="run", leave=False)
+
+    _end_last_line(path)
 
     def keep(rec):
         with open(path, "a") as f:

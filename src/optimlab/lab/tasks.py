@@ -355,7 +355,7 @@ TEST_FUNCTIONS: dict[str, TestFunction] = {
         TestFunction("himmelblau", _himmelblau, (0.0, 0.0),
                      ((3.0, 2.0), (-2.805118, 3.131312), (-3.779310, -3.283186), (3.584428, -1.848127)), 0.0,
                      ((-5, 5), (-5, 5)), 1e-2, 1000),
-        TestFunction("styblinski-tang", _styblinski_tang, (0.0, 0.0), ((_ST, _ST),), 2 * _styblinski_tang(torch.tensor([_ST])).item(),
+        TestFunction("styblinski-tang", _styblinski_tang, (0.0, 0.0), ((_ST, _ST),), 2 * _styblinski_tang(torch.tensor([_ST], dtype=torch.float64)).item(),
                      ((-5, 5), (-5, 5)), 1e-2, 1000),
     ]
 }
