@@ -254,3 +254,24 @@ def test_sparse_gradient_error_is_clear():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse gradients.*SparseAdam"):
         opt.step()
+
+
+@pytest.mark.parametrize("name", ["ASGD", "NAdam"])
+def test_params_with_equal_step_counts_but_different_histories_keep_their_own_scalars(name):
+    """A skipped step A at 2, B at 1; lr changes before step 2: at step 3 both have count 2 but
+    different host-side scalar state (eta / mu_product) and must not share it."""
+    ws = [torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 3.0], dtype=torch.float64)]
+    ours_p = [torch.nn.Parameter(w.clone()) for w in ws]
+    torch_p = [torch.nn.Parameter(w.clone()) for w in ws]
+    ours = getattr(optimlab, name)(ours_p, lr=0.1)
+    theirs = getattr(torch.optim, name)(torch_p, lr=0.1)
+    for step, has in enumerate([(True, False), (False, True), (True, True), (True, True)]):
+        if step == 1:
+            for o in (ours, theirs):
+                o.param_groups[0]["lr"] = 0.5
+        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
+            for p, h in zip(ps, has):
+                p.grad = (p.detach() * 2 + 1) if h else None
+            opt.step()
+    for a, b in zip(ours_p, torch_p):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -3,8 +3,8 @@
 Each module defines lists named:
 
 * ``TORCH_CASES``: :class:`Case` entries compared step by step with torch.optim;
-* ``CONVERGE``: ``{registry_name: dict(kwargs=..., steps=...)}`` settings under which the
-  optimizer must converge on the quadratic and on Rosenbrock;
+* ``CONVERGE``: ``{registry_name: {"quadratic": (kwargs, steps), "rosenbrock": (kwargs, steps)}}``
+  settings under which the optimizer must converge on the quadratic and on Rosenbrock;
 * ``BAD``: ``{registry_name: [(kwargs, "arg name in message"), ...]}`` invalid hyperparameters.
 """
 

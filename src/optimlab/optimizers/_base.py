@@ -10,6 +10,8 @@ Options (param-group hyperparameters; each group may set its own):
                          at zero)
 ``l2``                   coupled L2 added to the gradient: ``g <- g + l2 p``
 ``decoupled_decay``      lr-scaled decoupled decay: ``p <- p - lr * decoupled_decay * p``
+                         (for optimizers without a learning-rate scale -- Rprop, ASGD -- ``l1`` and
+                         ``decoupled_decay`` act unscaled, like ``independent_decay``)
 ``independent_decay``    lr-independent decoupled decay: ``p <- (1 - independent_decay) p``
 ``decay_mask``           which parameters every regulariser (and ``weight_decay``) applies to:
                          an :class:`optimlab.Mask`, a callable ``(name, p) -> bool``, a regex of

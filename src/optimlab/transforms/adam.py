@@ -49,7 +49,9 @@ class scale_by_adam(Transform):
             "eps": group[self.eps_key],
         }
 
-    def update(self, u, s):
+    def moments(self, u, s) -> list:
+        """Update ``exp_avg`` and ``exp_avg_sq`` (and the AMSGrad maximum) in place; return
+        the denominator ``sqrt(v) / sqrt(1 - b2^t) + eps`` as new tensors."""
         m, v, g = u.state["exp_avg"], u.state["exp_avg_sq"], u.updates
         torch._foreach_mul_(m, s["b1"])
         axpy_(m, s["1-b1"], g)
@@ -62,7 +64,10 @@ class scale_by_adam(Transform):
         denom = torch._foreach_sqrt(v)
         torch._foreach_mul_(denom, s["1/sqrt(bc2)"])
         torch._foreach_add_(denom, s["eps"])
-        new = torch._foreach_div(m, denom)
+        return denom
+
+    def update(self, u, s):
+        denom = self.moments(u, s)
+        new = torch._foreach_div(u.state["exp_avg"], denom)
         torch._foreach_mul_(new, s["1/bc1"])
-        u.replace(new)
-        u._owned = True
+        u.replace(new, fresh=True)

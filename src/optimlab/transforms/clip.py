@@ -50,8 +50,7 @@ class clip_by_param_norm(Transform):
     def update(self, u, s):
         norms = torch._foreach_norm(u.updates)
         coefs = [torch.clamp(s["c"] / (n + 1e-6), max=1.0) for n in norms]
-        u.replace(torch._foreach_mul(u.updates, coefs))
-        u._owned = True
+        u.replace(torch._foreach_mul(u.updates, coefs), fresh=True)
 
 
 @dataclasses.dataclass(frozen=True)

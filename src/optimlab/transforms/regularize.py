@@ -49,8 +49,7 @@ class add_l2(Transform):
     def update(self, u, s):
         if self.mask is None:
             # out-of-place: also the first copy of the user's gradient
-            u.replace(axpy(u.updates, s["wd"], u.params))
-            u._owned = True
+            u.replace(axpy(u.updates, s["wd"], u.params), fresh=True)
             return
         ups = u.mutable()
         sel_u, sel_p = _pick(u, self.mask, [ups, u.params])
