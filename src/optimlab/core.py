@@ -37,6 +37,7 @@ import collections
 import dataclasses
 import math
 import re
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "ChainOptimizer",
     "Mask",
     "apply_updates",
+    "stored_like_torch",
     "axpy",
     "axpy_",
     "scale_",
@@ -86,6 +88,15 @@ def scale_(xs: list[Tensor], a: Scalar) -> None:
     """``x <- a * x`` for every tensor, in place."""
     if xs:
         torch._foreach_mul_(xs, a)
+
+
+def stored_like_torch(x: float) -> float:
+    """``x`` rounded as torch.optim rounds the scalar state it keeps in 0-d tensors (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``): to float32 unless the default dtype is float64.
+    Host-side scalar state rounded this way keeps trajectories identical to torch's."""
+    if torch.get_default_dtype() == torch.float64:
+        return float(x)
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def apply_updates(params: list[Tensor], updates: list[Tensor], lr: Scalar | None) -> None:
@@ -179,10 +190,12 @@ class Updates:
             self._owned = True
         return self.updates
 
-    def replace(self, new: list[Tensor]) -> None:
-        """Make ``new`` (freshly computed tensors, or state buffers) the current updates."""
+    def replace(self, new: list[Tensor], fresh: bool = False) -> None:
+        """Make ``new`` the current updates. ``fresh=True``: they are new tensors aliasing no
+        state, so later transforms may write to them in place; otherwise (state buffers) the
+        next in-place writer copies them first."""
         self.updates = new
-        self._owned = False  # may alias state: the next in-place writer must copy
+        self._owned = fresh
 
     def select(self, mask) -> list[int]:
         """Indices of the parameters a mask keeps (all of them for ``mask=None``)."""
@@ -490,9 +503,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         return True
 
     def _gather(self, group: dict):
-        """Parameters with a gradient, their names and state, bucketed by step count."""
+        """Parameters with a gradient, their names and state, bucketed by step count and host
+        state (parameters whose histories differ -- one skipped a step -- never share scalars)."""
         names = group.get("param_names")
-        buckets: dict[int, tuple[list, list, list, list]] = {}
+        buckets: dict[tuple, tuple[list, list, list, list]] = {}
         chain = self._chain(group)
         for i, p in enumerate(group["params"]):
             g = self._grad(p)
@@ -510,7 +524,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                 for t in chain:
                     for k, v in t.init(p, group).items():
                         st.setdefault(k, v)
-            b = buckets.setdefault(st["step"], ([], [], [], []))
+            key = (st["step"], *(st.get(k) for t in chain for k in t.host_keys))
+            b = buckets.setdefault(key, ([], [], [], []))
             b[0].append(p)
             b[1].append(g)
             b[2].append(st)
@@ -521,15 +536,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         chain, buckets = self._gather(group)
         maximize = group.get("maximize", False)
         lr = self._lr(group)
-        for step, (params, grads, states, names) in buckets.items():
+        for (step, *_), (params, grads, states, names) in buckets.items():
             for st in states:
                 st["step"] = step + 1
             keys = dict.fromkeys(k for st in states for k in st if k not in _ENGINE_KEYS)
             state = {k: [st.get(k) for st in states] for k in keys}
             u = Updates(params, grads, state, names, step + 1)
             if maximize:
-                u.replace(torch._foreach_neg(grads))
-                u._owned = True
+                u.replace(torch._foreach_neg(grads), fresh=True)
             scalars = self._scalars(chain, group, step + 1, states)
             run_chain(chain, u, scalars, lr)
 
