@@ -50,20 +50,31 @@ def _band(ax, xs_list, ys_list, label, color=None):
         ax.fill_between(grid, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
 
 
-def loss_curves(records: list[dict[str, Any]], ax=None, title: str | None = None, log: bool = True):
+def _ema(ys: list[float], smooth: float) -> list[float]:
+    """Exponential moving average with bias correction (the first points are not pulled to 0)."""
+    out, avg = [], 0.0
+    for i, y in enumerate(ys, 1):
+        avg = smooth * avg + (1 - smooth) * y
+        out.append(avg / (1 - smooth**i))
+    return out
+
+
+def loss_curves(records: list[dict[str, Any]], ax=None, title: str | None = None, log: bool = True,
+                smooth: float = 0.8):
     """Training loss against optimizer steps, one line per optimizer (mean, min-max band over
-    seeds); diverged runs end where they diverged and are marked with an x."""
+    seeds; per-batch losses smoothed by an EMA with factor ``smooth``, 0 for none); diverged
+    runs end where they diverged and are marked with an x."""
     fig, ax = _axes(ax)
     for label, rs in sorted(_by_label(records).items()):
-        curves = [r.get("curve") or [] for r in rs]
-        _band(ax, [[p[0] for p in c] for c in curves], [[p[1] for p in c if p[1] is not None] for c in curves], label)
+        curves = [[p for p in r.get("curve") or [] if p[1] is not None] for r in rs]
+        _band(ax, [[p[0] for p in c] for c in curves], [_ema([p[1] for p in c], smooth) for c in curves], label)
         for r in rs:
             if r.get("diverged") and r.get("curve"):
                 ax.plot(r["curve"][-1][0], r["curve"][-1][1] or ax.get_ylim()[1], "x", color="red")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer steps")
-    ax.set_ylabel("training loss (per batch)")
+    ax.set_ylabel("training loss (per batch, smoothed)" if smooth else "training loss (per batch)")
     ax.set_title(title or "Training loss")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

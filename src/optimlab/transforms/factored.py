@@ -1,0 +1,126 @@
+"""Adafactor's pieces (Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear
+Memory Cost", ICML 2018), as torch.optim.Adafactor computes them.
+
+* ``scale_by_factored_rms``: a second-moment estimate stored in factored form. With ``w_t =
+  t^decay`` (``decay <= 0``; ``w_t = 1 - beta2_t`` is the weight of the new gradient) and ``G`` a
+  gradient of ndim >= 2 (factored over its last two dims; leading dims are a batch)::
+
+      R_t = (1 - w_t) R_{t-1} + w_t mean_cols(G^2)         row_var, shape (..., m, 1)
+      C_t = (1 - w_t) C_{t-1} + w_t mean_rows(G^2)         col_var, shape (..., 1, n)
+      V_t = R_t C_t / max(mean(R_t), eps1)
+
+  and for a vector or a 0-d tensor ``V_t = (1 - w_t) V_{t-1} + w_t G^2`` (``variance``); then
+  ``u = G / max(sqrt(V_t), eps1)``. ``eps1`` defaults to the dtype's machine epsilon.
+
+* ``clip_by_block_rms``: ``u <- u / max(1, RMS(u) / d)`` per tensor (update clipping).
+
+* ``scale_by_param_rms``: the relative step ``alpha_t = max(eps2, RMS(p)) rho_t`` with
+  ``rho_t = min(lr, 1 / sqrt(t))``. It scales ``u`` by ``alpha_t / lr`` so that the engine's
+  ``p <- p - lr u`` takes exactly the step ``alpha_t`` (``lr`` caps ``rho_t``; ``lr = 0`` moves
+  nothing).
+
+``eps`` is Adafactor's pair ``(eps1, eps2)``; ``RMS(x) = ||x||_2 / sqrt(numel(x))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..core import Transform
+
+__all__ = ["scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_rms"]
+
+
+def _rms(xs: list) -> list:
+    """``||x||_2 / sqrt(numel(x))`` of every tensor, as 0-d tensors."""
+    return [n / math.sqrt(max(x.numel(), 1)) for n, x in zip(torch._foreach_norm(xs), xs)]
+
+
+def _ema_(avg, new, s) -> None:
+    """``avg <- (1 - w) avg + w new`` in place."""
+    avg.mul_(s["1-w"]).add_(new * s["w"])
+
+
+@dataclasses.dataclass(frozen=True)
+class scale_by_factored_rms(Transform):
+    """Adafactor's preconditioner. State: ``row_var`` and ``col_var`` for tensors with ndim >= 2,
+    ``variance`` (like p) otherwise. ``dtype_eps=True`` uses each tensor's machine epsilon for
+    ``eps1`` (torch's ``eps=(None, eps2)``)."""
+
+    dtype_eps: bool = False
+    decay_key: str = "beta2_decay"
+    eps_key: str = "eps"
+    hyperparameters = ("beta2_decay", "eps")
+    elementwise = False
+
+    def init(self, p, group):
+        if p.ndim < 2:
+            return {"variance": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        *batch, m, n = p.shape
+        return {"row_var": p.new_zeros(*batch, m, 1), "col_var": p.new_zeros(*batch, 1, n)}
+
+    def scalars(self, group, step, host):
+        w = step ** group[self.decay_key]
+        return {"w": w, "1-w": 1.0 - w, "eps1": group[self.eps_key][0]}
+
+    def update(self, u, s):
+        none = [None] * len(u.params)
+        rows, cols, variances = (u.state.get(k) or none for k in ("row_var", "col_var", "variance"))
+        new = []
+        for g, row, col, variance in zip(u.updates, rows, cols, variances):
+            eps1 = torch.finfo(g.dtype).eps if self.dtype_eps else s["eps1"]
+            sq = g * g
+            if row is not None:  # factored: V = R C / mean(R)
+                _ema_(row, sq.mean(-1, keepdim=True), s)
+                _ema_(col, sq.mean(-2, keepdim=True), s)
+                v = row * col / row.mean(-2, keepdim=True).clamp_min(eps1)
+            else:
+                _ema_(variance, sq, s)
+                v = variance
+            new.append(v.clamp_min(eps1 * eps1).rsqrt().mul_(g))
+        u.replace(new)
+        u._owned = True
+
+
+@dataclasses.dataclass(frozen=True)
+class clip_by_block_rms(Transform):
+    """Update clipping: ``u <- u / max(1, RMS(u) / d)`` for each tensor."""
+
+    key: str = "d"
+    elementwise = False
+
+    @property
+    def hyperparameters(self):
+        return (self.key,)
+
+    def scalars(self, group, step, host):
+        return {"d": group[self.key]}
+
+    def update(self, u, s):
+        ups = u.mutable()
+        torch._foreach_div_(ups, [(r / s["d"]).clamp_min(1.0) for r in _rms(ups)])
+
+
+@dataclasses.dataclass(frozen=True)
+class scale_by_param_rms(Transform):
+    """Adafactor's relative step: ``u <- max(eps2, RMS(p)) * min(1, 1 / (lr sqrt(t))) * u``, so
+    the applied step ``lr u`` is ``max(eps2, RMS(p)) min(lr, 1 / sqrt(t)) u``."""
+
+    eps_key: str = "eps"
+    lr_key: str = "lr"
+    elementwise = False
+
+    @property
+    def hyperparameters(self):
+        return (self.eps_key, self.lr_key)
+
+    def scalars(self, group, step, host):
+        lr_sqrt_t = float(group[self.lr_key]) * step**0.5
+        return {"eps2": group[self.eps_key][1], "rho/lr": 1.0 if lr_sqrt_t <= 1.0 else 1.0 / lr_sqrt_t}
+
+    def update(self, u, s):
+        ups = u.mutable()
+        torch._foreach_mul_(ups, [r.clamp_min(s["eps2"]) * s["rho/lr"] for r in _rms(u.params)])

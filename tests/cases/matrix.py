@@ -1,0 +1,55 @@
+"""Adafactor, Muon and SparseAdam.
+
+Adafactor runs on the shared TinyNet, whose 0-d scale, 1-D biases (unfactored ``variance``),
+2-D weights and 3-D conv kernel (factored over the last two dims) cover every state shape.
+Its sign-like, parameter-relative steps make this net's float32 training chaotic for
+``lr >~ 0.02`` with weight decay, or once ``rho_t = 1/sqrt(t)`` takes over (``lr > 1/sqrt(t)``):
+there torch's own foreach and single-tensor Adafactor already differ by 1e-4 .. 1e-3 in
+float32, so the cases stay where two correct implementations agree to ~1e-6, and the
+relative-step case is held to 1e-10 in float64 only (its float32 bound is torch-vs-torch's).
+
+Muon accepts only 2-D parameters and SparseAdam only sparse gradients, so neither can run on
+TinyNet: both are compared with torch.optim in ``tests/test_muon_sparse.py`` (a bias-free MLP
+and an embedding model).
+"""
+
+from . import Case
+
+TORCH_CASES = [
+    Case("adafactor-default", "Adafactor", "Adafactor", dict()),
+    Case("adafactor-wd", "Adafactor", "Adafactor", dict(lr=0.01, weight_decay=0.5)),
+    Case("adafactor-eps-d-decay-maximize", "Adafactor", "Adafactor",
+         dict(eps=(1e-30, 1e-3), d=2.0, beta2_decay=-0.5, maximize=True)),
+    Case("adafactor-eps1-active", "Adafactor", "Adafactor", dict(eps=(1e-3, 1e-2))),
+    Case("adafactor-eps2-floor", "Adafactor", "Adafactor", dict(eps=(None, 1.0), beta2_decay=0.0)),
+    Case("adafactor-relative-step", "Adafactor", "Adafactor", dict(lr=0.2), rtol32=3e-4),
+    Case("adafactor-groups-change", "Adafactor", "Adafactor", dict(),
+         groups=[{}, {"lr": 0.005, "weight_decay": 0.2, "d": 1.5}],
+         change={"lr": 0.02, "beta2_decay": -0.6, "eps": (None, 1e-2)}),
+    Case("adafactor-none-grads", "Adafactor", "Adafactor", dict(weight_decay=0.1), none_grads=True),
+    Case("adafactor-foreach-flag", "Adafactor", "Adafactor", dict(foreach=True)),
+]
+
+# Muon on a 1 x n matrix is normalised-gradient descent with momentum: weight_decay=0 so the
+# minimiser is not pulled towards zero, and a small lr (the final oscillation is ~lr).
+CONVERGE = {
+    "adafactor": {"quadratic": (dict(lr=0.003), 6000), "rosenbrock": (dict(lr=0.004), 13000)},
+    "muon": {"matrix_only": True, "quadratic": (dict(lr=2e-3, weight_decay=0.0), 2000),
+             "rosenbrock": (dict(lr=2e-3, weight_decay=0.0), 3000)},
+    # matrix_only also skips test_generic's TinyNet round trip, which has dense gradients
+    "sparse-adam": {"matrix_only": True, "why": "needs sparse gradients: converges on an embedding "
+                    "problem in tests/test_muon_sparse.py"},
+}
+
+BAD = {
+    "adafactor": [(dict(lr=-1.0), "lr"), (dict(beta2_decay=0.5), "beta2_decay"), (dict(eps=(-1e-3, 1e-3)), "eps"),
+                  (dict(eps=(None, -1.0)), "eps"), (dict(eps=1e-3), "eps"), (dict(d=0.5), "d"),
+                  (dict(weight_decay=-0.1), "weight_decay")],
+    "muon": [(dict(lr=-0.02), "lr"), (dict(momentum=-0.1), "momentum"), (dict(weight_decay=-0.1), "weight_decay"),
+             (dict(adjust_lr_fn="bogus"), "adjust_lr_fn"), (dict(ns_steps=100), "ns_steps"),
+             (dict(ns_steps=2.5), "ns_steps"), (dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients"),
+             (dict(eps=-1.0), "eps")],
+    "sparse-adam": [(dict(lr=0.0), "lr"), (dict(eps=0.0), "eps"), (dict(betas=(1.0, 0.9)), "betas"),
+                    (dict(betas=(0.9, -0.1)), "betas"), (dict(l2=0.1), "l2"),
+                    (dict(clip_grad_norm=1.0), "clip_grad_norm")],
+}
