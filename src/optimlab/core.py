@@ -346,6 +346,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     accumulate_steps = 1
     #: skip (and count) a step whose gradients are not all finite
     skip_nonfinite = False
+    #: whether the chain handles sparse gradients (SparseAdam); others refuse them clearly
+    sparse_gradients = False
 
     # -- what subclasses provide ----------------------------------------------------------------
     def build(self, group: dict) -> Sequence[Transform]:
@@ -512,7 +514,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             g = self._grad(p)
             if g is None:
                 continue
-            if g.is_sparse:
+            if g.is_sparse and not self.sparse_gradients:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients (parameter "
                     f"{names[i] if names else tuple(p.shape)}); use optimlab.SparseAdam or "

@@ -50,22 +50,9 @@ def _real_params(opt, group) -> None:
                              f"(got one of shape {tuple(p.shape)}); optimise view_as_real(p) instead")
 
 
-@dataclasses.dataclass(frozen=True)
-class _decay_weights_by_lr(decay_weights):
-    """``p <- (1 - lr wd) p`` before the step is applied: torch's Adafactor and Muon multiply
-    like this, and Muon's bfloat16 Newton-Schulz turns a one-ulp float32 difference from
-    ``p - lr (u + wd p)`` into a visible one."""
-
-    key: str = "weight_decay"
-    lr_key: str = "lr"
-
-    def scalars(self, group, step, host):
-        return {"keep": 1.0 - float(group[self.lr_key]) * group[self.key]}
-
-
 def _decoupled_decay(group) -> list[Transform]:
     """torch's decoupled ``weight_decay``: ``p <- (1 - lr weight_decay) p`` before the step."""
-    return [_decay_weights_by_lr("weight_decay", group["decay_mask"])] if group["weight_decay"] != 0 else []
+    return [decay_weights("weight_decay", group["decay_mask"], lr_key="lr")] if group["weight_decay"] != 0 else []
 
 
 @register("adafactor", torch_name="Adafactor")
@@ -186,6 +173,8 @@ class SparseAdam(Optimizer):
     Example: ``optimlab.SparseAdam(nn.Embedding(10_000, 64, sparse=True).parameters(), lr=1e-2)``.
     """
 
+    sparse_gradients = True
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize), **options)
 
@@ -213,15 +202,3 @@ class SparseAdam(Optimizer):
             raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
         return g
 
-    def _gather(self, group):
-        # ChainOptimizer._gather refuses sparse gradients (right for every other optimizer): let
-        # it bucket the parameters with a dense stand-in, then hand the chain the real gradients.
-        grad = self._grad
-        self._grad = lambda p: None if grad(p) is None else p
-        try:
-            chain, buckets = super()._gather(group)
-        finally:
-            del self._grad
-        for params, grads, _, _ in buckets.values():
-            grads[:] = [grad(p) for p in params]
-        return chain, buckets

@@ -79,17 +79,22 @@ class add_decayed_weights(Transform):
 
 @dataclasses.dataclass(frozen=True)
 class decay_weights(Transform):
-    """lr-independent decoupled decay: ``p <- (1 - wd) * p`` before the update is applied."""
+    """Multiplicative decay of the weights before the update is applied:
+    ``p <- (1 - wd) * p`` (lr-independent), or with ``lr_key``, ``p <- (1 - lr * wd) * p``
+    (torch's Adafactor and Muon decay this way: the same step as ``add_decayed_weights`` up to
+    rounding)."""
 
     key: str = "independent_decay"
     mask: Any = None
+    lr_key: str | None = None
 
     @property
     def hyperparameters(self):
         return (self.key,)
 
     def scalars(self, group, step, host):
-        return {"keep": 1.0 - group[self.key]}
+        scale = 1.0 if self.lr_key is None else float(group[self.lr_key])
+        return {"keep": 1.0 - scale * group[self.key]}
 
     def update(self, u, s):
         (sel_p,) = _pick(u, self.mask, [u.params])
