@@ -62,3 +62,47 @@ def split_groups(params: list, groups: list[dict]) -> list[dict]:
     for i, p in enumerate(params):
         out[i % len(groups)]["params"].append(p)
     return out
+
+
+class Embeddings(torch.nn.Module):
+    """Two sparse-gradient tables; EmbeddingBag's gradient has repeated (uncoalesced) indices."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 4, sparse=True, dtype=dtype)
+        self.bag = torch.nn.EmbeddingBag(10, 3, mode="sum", sparse=True, dtype=dtype)
+
+    def forward(self, i, j):
+        return torch.tanh(self.emb(i).sum(-1)) + self.bag(j).sum(-1)
+
+
+def make_model(kind: str = "tinynet", dtype=torch.float64, seed: int = 0) -> torch.nn.Module:
+    """``tinynet`` (matrix, biases, conv kernel, 0-d scale), ``wide``/``tall`` bias-free MLPs
+    with only 2-D weights (Muon), or ``embedding`` (sparse gradients, SparseAdam)."""
+    if kind == "tinynet":
+        return make_net(dtype, seed)
+    torch.manual_seed(seed)
+    if kind == "embedding":
+        return Embeddings(dtype)
+    dims = {"wide": (16, 8, 4, 1), "tall": (8, 16, 4, 1)}[kind]  # weights (out, in)
+    layers = []
+    for a, b in zip(dims, dims[1:]):
+        layers += [torch.nn.Linear(a, b, bias=False, dtype=dtype), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def loss_fns(kind: str, dtype, steps: int) -> list:
+    """One loss function of the net per step (fresh sparse batches for ``embedding``)."""
+    g = torch.Generator().manual_seed(0)
+    if kind == "tinynet":
+        x, y = net_data(dtype)
+        return [lambda net: ((net(x) - y) ** 2).mean()] * steps
+    if kind == "embedding":
+        def batch():
+            i, j = torch.randint(0, 20, (8,), generator=g), torch.randint(0, 10, (8, 2), generator=g)
+            y = torch.randn(8, generator=g, dtype=dtype)
+            return lambda net: ((net(i, j) - y) ** 2).mean()
+        return [batch() for _ in range(steps)]
+    x = torch.randn(32, 8 if kind == "tall" else 16, generator=g, dtype=dtype)
+    y = torch.randn(32, 1, generator=g, dtype=dtype)
+    return [lambda net: ((net(x) - y) ** 2).mean()] * steps

@@ -1,6 +1,13 @@
 """Every configuration in the table follows torch.optim step for step (float64 to 1e-10
 relative, float32 to 1e-5), with several param groups, hyperparameters changed mid-run,
-``maximize``, weight decay, and parameters whose gradient is None on some steps."""
+``maximize``, weight decay, and parameters whose gradient is None on some steps.
+
+Float32 is compared twice: free-running, and *step-synced* (before each step our optimizer gets
+torch's parameters and state, so every single step is compared to 1e-5). Where float32
+training is chaotic -- Muon orthogonalises in bfloat16, so a one-ulp difference such as
+``p - lr * (s u)`` against torch's ``p - (lr s) u`` flips a rounding some steps later -- a case
+sets ``free32=False`` and only the step-synced comparison applies.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +18,34 @@ import torch
 
 import optimlab
 from cases import torch_cases
-from problems import make_net, net_data, split_groups
+from problems import loss_fns, make_model, split_groups
 
 CASES = torch_cases()
 
 
-def run_pair(case, dtype):
-    net_a = make_net(dtype)
+def run_pair(case, dtype, sync=False):
+    net_a = make_model(case.model, dtype)
     net_b = copy.deepcopy(net_a)
-    x, y = net_data(dtype)
     ours = getattr(optimlab, case.ours)(
         split_groups(list(net_a.parameters()), case.groups), **case.kwargs, **case.ours_kwargs)
     theirs = getattr(torch.optim, case.torch_cls)(split_groups(list(net_b.parameters()), case.groups), **case.kwargs)
     worst = 0.0
-    for step in range(case.steps):
+    for step, loss in enumerate(loss_fns(case.model, dtype, case.steps)):
         if case.change is not None and step == case.steps // 2:
             for opt in (ours, theirs):
                 for g in opt.param_groups:
                     g.update(case.change)
+        if sync:
+            with torch.no_grad():
+                for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+                    pa.copy_(pb)
+            ours.load_state_dict(copy.deepcopy(theirs.state_dict()))  # loading would alias tensors
         for net, opt in ((net_a, ours), (net_b, theirs)):
             opt.zero_grad()
-            loss = ((net(x) - y) ** 2).mean()
-            loss.backward()
+            loss(net).backward()
             if case.none_grads and step % 3 == 1:
-                net.fc.bias.grad = None
-                net.scale.grad = None
+                for p in [net.fc.bias, net.scale] if case.model == "tinynet" else [next(net.parameters())]:
+                    p.grad = None
             opt.step()
         for pa, pb in zip(net_a.parameters(), net_b.parameters()):
             err = ((pa - pb).abs().max() / pb.abs().max().clamp_min(1e-12)).item()
@@ -43,11 +53,14 @@ def run_pair(case, dtype):
     return worst
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype,sync", [(torch.float64, False), (torch.float32, False), (torch.float32, True)],
+                         ids=["f64", "f32", "f32-synced"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_torch(case, dtype):
+def test_matches_torch(case, dtype, sync):
     assert case.steps >= 50
-    worst = run_pair(case, dtype)
+    if dtype == torch.float32 and not (sync or case.free32):
+        pytest.skip("chaotic in float32: compared step-synced")
+    worst = run_pair(case, dtype, sync)
     tol = case.rtol64 if dtype == torch.float64 else case.rtol32
     assert worst <= tol, f"{case.name}: max relative deviation from torch.optim {worst:.3g} > {tol:g}"
 

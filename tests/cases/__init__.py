@@ -21,7 +21,8 @@ class Case:
     """One configuration compared with torch.optim.
 
     ``kwargs`` go to both constructors; ``groups`` are per-group overrides (the model's
-    parameters are split into ``len(groups)`` groups); ``change`` is applied to every group's
+    parameters are split into ``len(groups)`` groups; ``model`` picks the net, see
+    ``problems.make_model``); ``change`` is applied to every group's
     hyperparameters at step ``steps // 2`` (e.g. ``{"lr": 0.05}``); ``sparse_grads`` drops some
     parameters' gradients on some steps (they must be skipped like torch does).
     """
@@ -37,6 +38,8 @@ class Case:
     ours_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # optimlab-only extras
     rtol64: float = 1e-10
     rtol32: float = 1e-5
+    model: str = "tinynet"  # see tests/problems.make_model
+    free32: bool = True  # False: float32 is only compared step-synced (chaotic float32 runs)
 
     def __str__(self) -> str:
         return self.name

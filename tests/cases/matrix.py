@@ -9,8 +9,8 @@ float32, so the cases stay where two correct implementations agree to ~1e-6, and
 relative-step case is held to 1e-10 in float64 only (its float32 bound is torch-vs-torch's).
 
 Muon accepts only 2-D parameters and SparseAdam only sparse gradients, so neither can run on
-TinyNet: both are compared with torch.optim in ``tests/test_muon_sparse.py`` (a bias-free MLP
-and an embedding model).
+TinyNet: their cases use bias-free MLPs with a wide and a tall weight (``model="wide"/"tall"``)
+and an embedding model with sparse gradients (``model="embedding"``).
 """
 
 from . import Case
@@ -53,3 +53,34 @@ BAD = {
                     (dict(betas=(0.9, -0.1)), "betas"), (dict(l2=0.1), "l2"),
                     (dict(clip_grad_norm=1.0), "clip_grad_norm")],
 }
+
+
+# Muon on 2-D-only nets, SparseAdam on sparse embeddings, and Adafactor where its float32
+# training is chaotic (compared step-synced only)
+def M(name, kwargs, **kw):
+    return Case(name, "Muon", "Muon", kwargs, **{"model": "wide", **kw})
+
+
+def S(name, kwargs, **kw):
+    return Case(name, "SparseAdam", "SparseAdam", kwargs, model="embedding", **kw)
+
+
+TORCH_CASES += [
+    M("muon-default", dict(lr=0.02)),
+    M("muon-tall", dict(lr=0.02), model="tall", free32=False),
+    M("muon-heavy-ball-no-wd", dict(lr=0.02, momentum=0.9, nesterov=False, weight_decay=0.0)),
+    M("muon-no-momentum", dict(lr=0.02, momentum=0.0)),
+    M("muon-match-rms-adamw", dict(lr=0.01, weight_decay=0.05, adjust_lr_fn="match_rms_adamw"), free32=False),
+    M("muon-original-ns", dict(lr=0.02, adjust_lr_fn="original", ns_steps=3, ns_coefficients=(2.0, -1.5, 0.5),
+                              eps=1e-3), model="tall", free32=False),
+    M("muon-groups-change", dict(lr=0.02), groups=[{}, {"lr": 0.01, "momentum": 0.8, "nesterov": False,
+                                                        "weight_decay": 0.0}],
+      change={"lr": 0.005, "momentum": 0.9, "weight_decay": 0.2, "ns_steps": 4}),
+    M("muon-none-grads", dict(lr=0.02), none_grads=True),
+    S("sparse-adam-default", dict(lr=0.01)),
+    S("sparse-adam-betas-eps-maximize", dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, maximize=True)),
+    S("sparse-adam-groups-change", dict(lr=0.01), groups=[{}, {"lr": 0.02, "betas": (0.5, 0.9)}],
+      change={"lr": 0.005, "betas": (0.85, 0.995), "eps": 1e-6}),
+    S("sparse-adam-none-grads", dict(lr=0.01), none_grads=True),
+    Case("adafactor-wd-chaotic", "Adafactor", "Adafactor", dict(lr=0.02, weight_decay=0.1), free32=False),
+]
