@@ -275,3 +275,19 @@ def test_params_with_equal_step_counts_but_different_histories_keep_their_own_sc
             opt.step()
     for a, b in zip(ours_p, torch_p):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_switching_momentum_on_mid_run_matches_torch():
+    """A hyperparameter that turns a stateful transform on later (momentum 0 -> 0.9) creates
+    its state then, as torch does (the buffer starts from that step's gradient)."""
+    net_a, net_b, ours, theirs, x, y = _pair("SGD", lr=0.05, momentum=0.0)
+    for step in range(20):
+        if step == 7:
+            for opt in (ours, theirs):
+                opt.param_groups[0]["momentum"] = 0.9
+        for net, opt in ((net_a, ours), (net_b, theirs)):
+            opt.zero_grad()
+            _loss(net, x, y).backward()
+            opt.step()
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

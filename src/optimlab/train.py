@@ -139,6 +139,8 @@ def fit(
     resume: bool = False,
     progress: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    scheduler: Any | None = None,
+    plateau: Any | None = None,
 ) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train = (inputs, targets)``.
 
@@ -150,6 +152,10 @@ def fit(
     ``divergence_factor`` times the first loss stops the run as diverged.
     ``checkpoint``: a file written atomically after every epoch; with ``resume=True`` an
     existing checkpoint is loaded and training continues where it stopped.
+    ``scheduler`` (an :class:`optimlab.schedules.Scheduler` or a torch LR scheduler) is stepped
+    after every optimizer step; ``plateau`` (:class:`optimlab.schedules.ReduceOnPlateau` or
+    torch's ``ReduceLROnPlateau``) after every epoch with the validation metric (the validation
+    loss without ``metric``). Both are checkpointed with the run.
     """
     x, y = train
     n = len(x)
@@ -157,6 +163,8 @@ def fit(
         raise ValueError("the training set is empty")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"Invalid batch_size: {batch_size} (use None for full batch, 1 for per-example)")
+    if plateau is not None:
+        _check_plateau(plateau, val, metric is not None and higher_is_better)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     result = FitResult()
@@ -173,6 +181,9 @@ def fit(
         torch.set_rng_state(ck["torch_rng"])
         result = ck["result"]
         first_loss, best_metric, bad_epochs = ck["first_loss"], ck["best_metric"], ck["bad_epochs"]
+        for obj, key in ((scheduler, "scheduler"), (plateau, "plateau")):
+            if obj is not None and ck.get(key) is not None:
+                obj.load_state_dict(ck[key])
         start_epoch = result.epochs
         if result.diverged or result.stopped_early:
             return result
@@ -201,6 +212,8 @@ def fit(
                     return loss
 
                 loss = optimizer.step(closure)
+                if scheduler is not None:
+                    scheduler.step()
                 loss = float(loss.detach() if isinstance(loss, Tensor) else loss)
                 result.steps += 1
                 result.step_losses.append(loss)
@@ -226,6 +239,8 @@ def fit(
                 hib = higher_is_better if metric is not None else False
                 if target is not None and result.steps_to_target is None and (m >= target if hib else m <= target):
                     result.steps_to_target, result.seconds_to_target = result.steps, record["seconds"]
+                if plateau is not None:
+                    plateau.step(m)
                 if best_metric is None or (m > best_metric if hib else m < best_metric):
                     best_metric, bad_epochs = m, 0
                 else:
@@ -245,7 +260,9 @@ def fit(
                 save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                              "result": result, "first_loss": first_loss, "best_metric": best_metric,
-                             "bad_epochs": bad_epochs}, checkpoint)
+                             "bad_epochs": bad_epochs,
+                             "scheduler": None if scheduler is None else scheduler.state_dict(),
+                             "plateau": None if plateau is None else plateau.state_dict()}, checkpoint)
             if result.stopped_early or (max_steps is not None and result.steps >= max_steps):
                 break
     finally:
@@ -253,6 +270,17 @@ def fit(
             bar.close()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _check_plateau(plateau, val, higher_is_better: bool) -> None:
+    """A plateau rule needs the validation metric, watched in the direction that is better."""
+    if val is None:
+        raise ValueError("plateau= is stepped with the validation metric each epoch; pass val=(x_val, y_val)")
+    want = "max" if higher_is_better else "min"
+    mode = getattr(plateau, "mode", want)
+    if mode != want:
+        raise ValueError(f"plateau has mode={mode!r} but the validation metric is "
+                         f"{'higher' if higher_is_better else 'lower'}-is-better; create it with mode={want!r}")
 
 
 def _divergence_advice(optimizer, loss: float, first: float, epoch: int, step: int) -> str:
