@@ -14,7 +14,9 @@ Example::
 from .core import ChainOptimizer, Mask, Transform, Updates
 from .optimizers import *  # noqa: F401,F403
 from .optimizers import __all__ as _optimizer_names
+from . import schedules
 from .registry import REGISTRY, OptimizerSpec, create, describe, names
+from .schedules import ReduceOnPlateau, Scheduler
 
 __version__ = "0.1.0"
 
@@ -28,5 +30,8 @@ __all__ = [
     "create",
     "describe",
     "names",
+    "schedules",
+    "Scheduler",
+    "ReduceOnPlateau",
     *_optimizer_names,
 ]

@@ -340,6 +340,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._micro = 0  # micro-steps accumulated so far (accumulate_steps > 1)
         self._step_info: dict[str, Any] = {}  # per-step values shared by all groups
+        self._last_chains: dict[int, tuple] = {}  # id(group) -> the chain its state was made for
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
 
     #: update once every ``accumulate_steps`` calls to ``step`` with the mean gradient
@@ -414,6 +415,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("compile", False)
         self.__dict__.setdefault("_micro", 0)
         self._step_info = {}
+        self._last_chains = {}
         self._engine = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -510,6 +512,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         names = group.get("param_names")
         buckets: dict[tuple, tuple[list, list, list, list]] = {}
         chain = self._chain(group)
+        # a chain that changed since the last step (a hyperparameter switched a transform on,
+        # e.g. momentum 0 -> 0.9) gets its missing state created for every parameter
+        changed = self._last_chains.get(id(group)) != chain
+        self._last_chains[id(group)] = chain
         for i, p in enumerate(group["params"]):
             g = self._grad(p)
             if g is None:
@@ -521,8 +527,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                     "torch.optim.SparseAdam for sparse embeddings"
                 )
             st = self.state[p]
-            if "step" not in st:
-                st["step"] = 0
+            if "step" not in st or changed:
+                st.setdefault("step", 0)
                 for t in chain:
                     for k, v in t.init(p, group).items():
                         st.setdefault(k, v)
