@@ -440,9 +440,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.check_group(group)
         self.skipped_steps = extra.get("skipped_steps", 0)
         self._micro = extra.get("micro_steps", 0)
-        for st in self.state.values():
-            if isinstance(st.get("step"), Tensor):  # a torch.optim state_dict
+        for st in self.state.values():  # a torch.optim state_dict:
+            if isinstance(st.get("step"), Tensor):  # steps are tensors there
                 st["step"] = int(st["step"].item())
+            for k in [k for k, v in st.items() if v is None]:  # SGD's momentum_buffer=None
+                del st[k]
+            if st and "step" not in st:  # SGD keeps no count: its state has started
+                st["step"] = 1
         self._engine = None
 
     # -- the step -------------------------------------------------------------------------------
