@@ -15,6 +15,7 @@ from .core import ChainOptimizer, Mask, Transform, Updates
 from .optimizers import *  # noqa: F401,F403
 from .optimizers import __all__ as _optimizer_names
 from . import schedules
+from .lr_finder import LRFinderResult, find_lr
 from .registry import REGISTRY, OptimizerSpec, create, describe, names
 from .schedules import ReduceOnPlateau, Scheduler
 
@@ -31,6 +32,8 @@ __all__ = [
     "describe",
     "names",
     "schedules",
+    "find_lr",
+    "LRFinderResult",
     "Scheduler",
     "ReduceOnPlateau",
     *_optimizer_names,

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["loss_curves", "metric_curves", "time_to_target", "trajectories", "lr_sweep"]
+from .lr_finder import smooth_losses
+
+__all__ = ["loss_curves", "metric_curves", "time_to_target", "trajectories", "lr_finder", "lr_sensitivity"]
 
 
 def _axes(ax, figsize=(6.4, 4.2)):
@@ -50,15 +52,6 @@ def _band(ax, xs_list, ys_list, label, color=None):
         ax.fill_between(grid, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
 
 
-def _ema(ys: list[float], smooth: float) -> list[float]:
-    """Exponential moving average with bias correction (the first points are not pulled to 0)."""
-    out, avg = [], 0.0
-    for i, y in enumerate(ys, 1):
-        avg = smooth * avg + (1 - smooth) * y
-        out.append(avg / (1 - smooth**i))
-    return out
-
-
 def loss_curves(records: list[dict[str, Any]], ax=None, title: str | None = None, log: bool = True,
                 smooth: float = 0.8):
     """Training loss against optimizer steps, one line per optimizer (mean, min-max band over
@@ -67,7 +60,7 @@ def loss_curves(records: list[dict[str, Any]], ax=None, title: str | None = None
     fig, ax = _axes(ax)
     for label, rs in sorted(_by_label(records).items()):
         curves = [[p for p in r.get("curve") or [] if p[1] is not None] for r in rs]
-        _band(ax, [[p[0] for p in c] for c in curves], [_ema([p[1] for p in c], smooth) for c in curves], label)
+        _band(ax, [[p[0] for p in c] for c in curves], [smooth_losses([p[1] for p in c], smooth) for c in curves], label)
         for r in rs:
             if r.get("diverged") and r.get("curve"):
                 ax.plot(r["curve"][-1][0], r["curve"][-1][1] or ax.get_ylim()[1], "x", color="red")
@@ -150,21 +143,66 @@ def trajectories(function, paths: dict[str, np.ndarray], ax=None, title: str | N
     return fig
 
 
-def lr_sweep(results: dict[str, list[dict[str, Any]]], ax=None, title: str | None = None):
-    """Final loss against learning rate per optimizer (log-log), diverged runs marked x."""
+def lr_finder(lrs, losses, smoothed=None, suggestions: dict[str, float | None] | None = None, chosen: str | None = None,
+              diverged_at: float | None = None, ax=None, title: str | None = None, label: str | None = None):
+    """The LR range test: loss against learning rate (log x), raw per batch (faint) and smoothed,
+    each rule's suggestion as a vertical line (the chosen one solid), the stop on divergence as x.
+    Call it again with the same ``ax`` (and no suggestions) to overlay another seed."""
     fig, ax = _axes(ax)
+    lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
+    ok = np.isfinite(losses)
+    (raw,) = ax.plot(lrs[ok], losses[ok], lw=0.8, alpha=0.35)
+    if smoothed is not None:
+        sm = np.asarray(smoothed, float)
+        fine = np.isfinite(sm)
+        ax.plot(lrs[fine], sm[fine], lw=1.8, color=raw.get_color(), label=label or "smoothed loss")
+        # the y range follows the smoothed curve: the raw tail after divergence would flatten it
+        if fine.any():
+            lo, hi = sm[fine].min(), sm[fine][0]
+            ax.set_ylim(lo - 0.1 * (hi - lo + 1e-12), max(sm[fine].max(), hi) + 0.1 * (hi - lo + 1e-12))
+    for i, (rule, lr) in enumerate((suggestions or {}).items()):
+        if lr is not None:  # colours C6.. so they do not repeat the curves' C0, C1, ...
+            mine = rule == chosen
+            ax.axvline(lr, color="k" if mine else f"C{6 + i % 4}", ls="-" if mine else "--", lw=1.6 if mine else 1,
+                       label=f"{rule}: {lr:.3g}" + (" (chosen)" if mine else ""))
+    if diverged_at is not None:
+        ends = [v for v in (smoothed if smoothed is not None else losses)[::-1] if math.isfinite(v)]
+        ax.plot(diverged_at, ends[0] if ends else ax.get_ylim()[1], "x", color="red", ms=9, mew=2,
+                label=f"stopped (diverging) at {diverged_at:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (per batch)")
+    ax.set_title(title or "LR range test")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def lr_sensitivity(results: dict[str, list[dict[str, Any]]], best_lr: dict[str, float | None] | None = None,
+                   ax=None, title: str | None = None):
+    """LR sensitivity sweep: final (solid) and best (dotted) training loss against learning rate
+    per optimizer (log-log); diverged runs as x above the curves; each optimizer's best rate as a star."""
+    fig, ax = _axes(ax)
+    tops = [r[k] for rows in results.values() for r in rows for k in ("final_loss", "best_loss")
+            if not r.get("diverged") and r.get(k) is not None and math.isfinite(r[k])]
+    top = 2 * max(tops, default=1.0)
     for i, (label, rows) in enumerate(sorted(results.items())):
         rows = sorted(rows, key=lambda r: r["lr"])
         ok = [r for r in rows if not r.get("diverged") and r.get("final_loss") is not None]
-        ax.plot([r["lr"] for r in ok], [r["final_loss"] for r in ok], "o-", color=f"C{i}", label=label)
+        ax.plot([r["lr"] for r in ok], [r["final_loss"] for r in ok], "o-", color=f"C{i}", label=f"{label} final")
+        ax.plot([r["lr"] for r in ok if r.get("best_loss") is not None],
+                [r["best_loss"] for r in ok if r.get("best_loss") is not None], ":", color=f"C{i}", lw=1.2)
         bad = [r for r in rows if r.get("diverged")]
         if bad:
-            top = max([r["final_loss"] for r in ok], default=1.0)
-            ax.plot([r["lr"] for r in bad], [top * 2] * len(bad), "x", color=f"C{i}", ms=9)
+            ax.plot([r["lr"] for r in bad], [top] * len(bad), "x", color=f"C{i}", ms=9, mew=2)
+        best = (best_lr or {}).get(label)
+        hit = [r for r in ok if best is not None and r["lr"] == best]
+        if hit:
+            ax.plot(best, hit[0]["final_loss"], "*", color=f"C{i}", ms=15, mec="k")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("final training loss (x: diverged)")
+    ax.set_ylabel("training loss: final (solid), best (dotted); x diverged")
     ax.set_title(title or "Learning-rate sensitivity")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

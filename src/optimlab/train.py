@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["fit", "FitResult", "accuracy", "save_atomic", "steps_per_epoch"]
+__all__ = ["fit", "FitResult", "accuracy", "save_atomic", "steps_per_epoch", "step_on_batch"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -109,6 +109,20 @@ def evaluate(model: torch.nn.Module, loss_fn: LossFn, data, metric=None, batch_s
     out = torch.cat(outs)
     loss = loss_fn(out, y).item()
     return loss, (metric(out, y) if metric is not None else None)
+
+
+def step_on_batch(model, optimizer, loss_fn: LossFn, xb: Tensor, yb: Tensor) -> float:
+    """One optimizer step on one batch, through a closure (so L-BFGS and line searches work);
+    returns the batch loss before the step."""
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    return float(loss.detach() if isinstance(loss, Tensor) else loss)
 
 
 def _mode_switch(optimizer, mode: str) -> None:
@@ -205,16 +219,9 @@ def fit(
                 idx = order[i:i + bs]
                 xb, yb = x[idx], y[idx]
 
-                def closure():
-                    optimizer.zero_grad()
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
-                    return loss
-
-                loss = optimizer.step(closure)
+                loss = step_on_batch(model, optimizer, loss_fn, xb, yb)
                 if scheduler is not None:
                     scheduler.step()
-                loss = float(loss.detach() if isinstance(loss, Tensor) else loss)
                 result.steps += 1
                 result.step_losses.append(loss)
                 epoch_losses.append(loss)

@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
                    help="comma-separated optimizers with options, e.g. sgd:lr=0.1,momentum=0.9,adam:lr=1e-3 "
                         f"(default {DEFAULT_OPTIMIZERS})")
+    p.add_argument("--lr", choices=["auto"], help="auto: each optimizer given without lr= gets the LR finder's "
+                                                  "suggestion on the task (see `optimlab lr-find`)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per optimizer (default 3)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the task's budget)")
     g = p.add_mutually_exclusive_group()
@@ -68,7 +70,14 @@ def run(args) -> int:
     tasks = args.task or [DEFAULT_TASK]
     batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
     try:
-        specs = grid(tasks, split_optimizers(args.optimizers), seeds=args.seeds, epochs=args.epochs, batch_size=batch)
+        if args.lr == "auto":
+            from .lr_find import found_lrs
+
+            log = sys.stderr if args.json else sys.stdout
+            specs = [s for t in tasks for s in grid([t], found_lrs(t, split_optimizers(args.optimizers), batch, log),
+                                                    seeds=args.seeds, epochs=args.epochs, batch_size=batch)]
+        else:
+            specs = grid(tasks, split_optimizers(args.optimizers), seeds=args.seeds, epochs=args.epochs, batch_size=batch)
     except (KeyError, ValueError) as e:
         print(f"optimlab compare: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

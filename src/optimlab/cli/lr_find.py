@@ -1,0 +1,98 @@
+"""``optimlab lr-find``: the LR range test on a task for one optimizer, over seeds; prints every
+rule's suggestion and writes the plot of loss against learning rate.
+
+    optimlab lr-find --task digits-mlp --optimizer adam
+    optimlab lr-find --task breast-cancer-logreg --optimizer sgd:momentum=0.9 --seeds 3 --json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+
+def add_parser(sub) -> None:
+    from ..lr_finder import DEFAULT_RULE, RULES
+
+    p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate for an optimizer on a task",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp); see `optimlab tasks`")
+    p.add_argument("--optimizer", default="adam", help="registry name with options but no lr, e.g. sgd:momentum=0.9")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="range tests with seeds 0..N-1; the spread is reported (default 1)")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=100.0,
+                   help="last learning rate, if it does not diverge first (default 100)")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (default 100)")
+    p.add_argument("--mode", choices=["exp", "linear"], default="exp", help="how the rate grows (default exp)")
+    p.add_argument("--smooth", type=float, default=0.9, help="EMA factor of the loss smoothing (default 0.9)")
+    p.add_argument("--rule", choices=list(RULES), default=DEFAULT_RULE,
+                   help=f"rule for suggested_lr (default {DEFAULT_RULE})")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch-size", type=int, help="mini-batch size (default: the task's)")
+    g.add_argument("--full-batch", action="store_true", help="the whole training set every step")
+    p.add_argument("--out", default="runs/lr-find", help="folder for the plot (default runs/lr-find)")
+    p.add_argument("--json", action="store_true", help="print the suggestions as JSON on stdout")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of an optimizer string: ``sgd:momentum=0.9`` -> ``sgd-momentum-0.9``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def found_lrs(task: str, optimizers: list[str], batch_size="task", log=sys.stdout) -> list[str]:
+    """``optimizers`` with ``lr=`` added (the LR finder's suggestion on ``task``) where none is
+    given; what was chosen is printed to ``log``. Used by ``optimlab compare --lr auto``."""
+    from ..lab import parse_optimizer
+    from ..lab.sweep import lr_find_task
+
+    out = []
+    for text in optimizers:
+        if "lr" in parse_optimizer(text)[1]:
+            out.append(text)
+            continue
+        found = lr_find_task(task, text, batch_size=batch_size)
+        if found.suggested_lr is None:
+            raise ValueError(f"the LR finder found no learning rate for {text!r} on {task}; give one (lr=...)")
+        lr = float(f"{found.suggested_lr:.3g}")
+        print(f"{task}: {text} lr={lr:g} (LR finder, {found.rule})", file=log, flush=True)
+        out.append(f"{text}{',' if ':' in text else ':'}lr={lr:g}")
+    return out
+
+
+def run(args) -> int:
+    from ..lab.sweep import lr_find_task
+    from ..lr_finder import MIN_DROP
+
+    batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
+    try:
+        found = lr_find_task(args.task, args.optimizer, seeds=args.seeds, start=args.start, end=args.end,
+                             steps=args.steps, mode=args.mode, smooth=args.smooth, batch_size=batch, rule=args.rule)
+    except (KeyError, ValueError) as e:
+        print(f"optimlab lr-find: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    png = os.path.join(args.out, f"{args.task}-{slug(args.optimizer)}.png")
+    found.plot().savefig(png, dpi=120)
+    if args.json:
+        print(json.dumps(dict(found.as_dict(), plot=png), indent=2))
+        return 0 if found.suggested_lr is not None else 1
+    if found.suggested_lr is None:
+        print(f"{args.task}, {args.optimizer}: no suggestion -- the smoothed loss never fell by "
+              f"{MIN_DROP:.0%} before the sweep ended (flat, then diverging); try more --steps or a smaller --end")
+        print(f"plot: {png}")
+        return 1
+    seeds = f"; spread over {args.seeds} seeds {found.spread[found.rule]:.2g}x" if args.seeds > 1 else ""
+    print(f"{args.task}, {args.optimizer}: suggested lr {found.suggested_lr:.3g} ({found.rule}{seeds})")
+    for rule, lr in found.suggestions.items():
+        mark = "  <- suggested_lr" if rule == found.rule else ""
+        print(f"  {rule:<18} {lr:.3g}{mark}" if lr is not None else f"  {rule:<18} -")
+    stops = [f"{r.diverged_at:.3g}" for r in found.results if r.diverged_at is not None]
+    if stops:
+        print(f"  the loss diverged (sweep stopped) at lr {', '.join(stops)}")
+    else:
+        print(f"  the loss did not diverge up to lr {args.end:g}: raise --end to see where it does")
+    print(f"plot: {png}")
+    return 0
