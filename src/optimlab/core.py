@@ -545,6 +545,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         return chain, buckets
 
     def _step_group(self, group: dict) -> None:
+        if self.compile is not False or group.get("fused"):
+            # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
+            group = self._flat_engine().step_group(self, group)
+            if group is None:
+                return
         chain, buckets = self._gather(group)
         maximize = group.get("maximize", False)
         lr = self._lr(group)
@@ -558,6 +563,22 @@ class ChainOptimizer(torch.optim.Optimizer):
                 u.replace(torch._foreach_neg(grads), fresh=True)
             scalars = self._scalars(chain, group, step + 1, states)
             run_chain(chain, u, scalars, lr)
+
+    def _flat_engine(self):
+        """The flat-buffer engine (:mod:`optimlab._flat`), created on first use."""
+        if self._engine is None:
+            from ._flat import FlatEngine
+
+            self._engine = FlatEngine()
+        return self._engine
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; with flat buffers, ``set_to_none=False`` zeroes each flat
+        gradient buffer in one call (see :mod:`optimlab._flat`)."""
+        if self._engine is None:
+            super().zero_grad(set_to_none)
+        else:
+            self._engine.zero_grad(self, set_to_none)
 
     def _scalars(self, chain, group, step, states) -> list[dict]:
         """Every transform's host-side scalars for one bucket (and its host state, shared)."""

@@ -1,0 +1,613 @@
+"""The flat-buffer engine: one compiled kernel per bucket instead of a chain of foreach ops.
+
+``ChainOptimizer(..., compile=True)`` (or torch's flag ``fused=True`` on a param group) runs
+each *bucket* -- the parameters of one param group on one device, of one dtype, at one step
+count -- as a single ``torch.compile``'d call over flat buffers:
+
+* **Flat buffers.** On first use the bucket's parameters are copied into one contiguous buffer
+  and each ``p.data`` is rebound to a view of it (offsets aligned to 64 bytes). The tensor
+  state entries (``exp_avg`` ...) become views of one flat buffer per key, so ``state[p]`` and
+  ``state_dict()`` look exactly as before, and the gradients get a flat buffer too, with
+  ``p.grad`` rebound to views of it. The chain (:func:`optimlab.core.run_chain`) then runs on
+  ``Updates`` whose lists each hold one flat tensor, and Inductor fuses the whole step into one
+  pass over memory without parameter-sized temporaries.
+* **One compiled function per chain.** It is cached (process-wide) by the chain -- transforms
+  are frozen dataclasses, so the tuple is the structure -- plus the state keys, the scalar
+  names, ``maximize``, device type and dtype. Every number reaches it as a 0-d tensor (the
+  step, ``lr``, every transform's ``scalars``, rounded to the parameters' dtype as eager's
+  kernels round them, float32 for 16-bit types; one host-to-device copy per bucket on a GPU), so changing ``lr``, ``betas`` ... or the step count never recompiles; sizes are dynamic.
+  Each cache entry gets its own code object, so Dynamo's per-function recompile limit is never
+  shared between chains. Before Inductor sees the graph, foreach calls given a 0-d tensor as
+  their Scalar argument are rewritten into per-tensor ops (see ``_backend``): torch 2.13 would
+  otherwise bake the first value into the kernel.
+* **Which chains.** Only chains whose transforms are all ``elementwise`` and carry no mask (a
+  mask picks parameters, which a flat buffer no longer separates). Others, and parameters that
+  cannot be flattened (non-contiguous, complex, sparse, tensor subclasses, state not shaped like
+  the parameter), take the eager path, as does everything when compilation is unavailable: the
+  first failure warns once and that device type (or that chain, if only its tracing failed)
+  stays eager for the rest of the process. ``compile=None`` turns it on for buckets of at least
+  ``AUTO_MIN_NUMEL`` elements only.
+* **Validation.** Each step checks, per parameter, that ``p.data`` still points into the flat
+  buffer and that ``state[p]`` still holds the flat views; anything else (``model.to()``,
+  ``p.data = ...``, a parameter whose first gradient just arrived, step counts that diverged
+  because some parameters had no gradient on some step) rebuilds the group's layout, copying
+  the current values in. ``load_state_dict`` drops the engine altogether.
+
+Gradients, ``zero_grad`` and the trade-off
+-----------------------------------------
+The kernel reads the gradients from the bucket's flat grad buffer, and autograd cannot be made
+to write there: with ``p.grad`` None it hands over (steals) the tensor the backward op
+allocated, with ``p.grad`` defined it adds into it. So one of two costs is unavoidable:
+
+* **copy (chosen).** ``zero_grad()`` is torch's (``set_to_none=True``: ``p.grad`` becomes None,
+  so "no gradient -> parameter skipped" holds exactly). A post-accumulate-grad hook on each
+  flattened parameter copies the stolen gradient into its slot as it arrives -- while it is
+  still in cache -- and rebinds ``p.grad`` to the view, freeing the stolen tensor at once
+  (later backward passes then accumulate into the view: gradient accumulation works as in
+  torch). Gradients that arrive another way (assigned by the user, ``accumulate_steps``) are
+  copied in by ``step()``. Extra work: one read and one write of the gradients per step.
+* **in place (rejected).** Zero the flat buffer in ``zero_grad`` and let backward accumulate
+  into it, with hooks marking which parameters got a gradient: a zero-fill plus a
+  read-add-write instead of a steal, i.e. about twice the traffic of the copy, and ``p.grad``
+  shows zeros instead of None. Measured (25 M parameters in 196 tensors, a memory-bound toy
+  model, 1 thread; zero_grad + forward + backward + step, median): torch fused 95 ms, copy
+  107 ms, in place 119 ms; the step alone: torch fused 38 ms, ours 37 ms. With real models
+  forward and backward dominate and the copy is a few percent at most.
+
+``zero_grad(set_to_none=False)`` still works (it zeroes each flat grad buffer in one call and
+leaves None gradients None).
+
+Other costs: the flat grad buffer stays allocated between steps (like gradients under
+``set_to_none=False``), i.e. one parameter-sized buffer more than torch holds during the
+forward pass after ``zero_grad()``. Parameters become views (``p.storage_offset() != 0``; code
+that assumes a parameter owns its storage, or ``DistributedDataParallel(gradient_as_bucket_view
+=True)``, which rebinds gradients too, will see that). Rebuilding a layout copies the group
+once. In float16/bfloat16 Inductor computes the fused step in float32, so the numbers are
+slightly more accurate than, and not bitwise equal to, the eager path's. ``Updates.step`` is a
+0-d tensor inside the compiled function (use ``scalars`` for numbers). On CPU, Inductor's
+kernel always opens an OpenMP parallel region; on a machine whose cores are busy with other
+work that costs more than torch's per-tensor kernels, which stay serial for small tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .core import _ENGINE_KEYS, Updates, run_chain
+
+__all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "compile_stats"]
+
+#: with ``compile=None`` a bucket is flattened and compiled only from this many elements on
+AUTO_MIN_NUMEL = 1 << 22
+#: a group whose layout had to be rebuilt this often stays eager (see FlatEngine._build)
+MAX_REBUILDS = 32
+_ALIGN_BYTES = 64
+#: back large CPU flat buffers by transparent huge pages (Linux, THP mode "madvise" or "always")
+HUGE_PAGES = sys.platform == "linux"
+
+# Process-wide caches: compiled kernels by spec, chains judged flat-able, failures.
+_KERNELS: dict[tuple, "_Kernel"] = {}
+_CHAIN_OK: dict[tuple, bool] = {}
+_BROKEN_DEVICES: dict[str, str] = {}  # device type -> why compilation is unavailable there
+_FAILED_CHAINS: set[tuple] = set()  # (chain, device type, dtype) that could not be compiled
+_SCALAR_DTYPES = (torch.float32, torch.float64)
+
+
+def compile_stats() -> list[dict[str, Any]]:
+    """One entry per compiled kernel of this process: the chain, device, dtype and the seconds
+    its first call took (tracing + compilation + one run)."""
+    return [
+        {"chain": " -> ".join(type(t).__name__ for t in k.spec[0]), "device": k.spec[-2],
+         "dtype": str(k.spec[-1]), "compile_s": k.compile_s, "failed": k.failed}
+        for k in _KERNELS.values()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled kernels.
+# ---------------------------------------------------------------------------------------------
+def _chain_ok(chain: tuple) -> bool:
+    """Whether a chain can run on flat buffers: every transform elementwise and unmasked."""
+    try:
+        ok = _CHAIN_OK.get(chain)
+    except TypeError:  # an unhashable field: it cannot be a cache key either
+        return False
+    if ok is None:
+        ok = all(
+            t.elementwise
+            and not any(callable(getattr(t, f.name)) for f in dataclasses.fields(t))
+            for t in chain
+        )
+        _CHAIN_OK[chain] = ok
+    return ok
+
+
+def _make_step(chain, keys, names, lr_index, maximize):
+    """The function compiled for one spec: the chain on one-element lists of flat tensors."""
+
+    def flat_step(param: Tensor, grad: Tensor, states: list[Tensor], vec: list[Tensor]) -> None:
+        u = Updates([param], [grad], {k: [t] for k, t in zip(keys, states)}, [None], vec[0])
+        if maximize:
+            u.replace(torch._foreach_neg([grad]))
+            u._owned = True
+        scalars = [{n: vec[i] for n, i in tn} for tn in names]
+        run_chain(chain, u, scalars, None if lr_index is None else vec[lr_index])
+
+    # Dynamo keeps one cache (and one recompile budget) per code object: give every spec its own.
+    flat_step.__code__ = flat_step.__code__.replace(co_name=f"flat_step_{len(_KERNELS)}")
+    return flat_step
+
+
+# torch 2.13 turns a 0-d tensor given to a foreach op's Scalar argument (``_foreach_add_(xs,
+# s["eps"])``, ``clamp_min``, ``maximum``, ``pow``, ``alpha=``, ``value=`` ...) into ``.item()``,
+# and Inductor then bakes the value of the first call into the kernel: a recompile per new
+# value at best, a stale constant (wrong numbers) when the FX graph cache serves the kernel.
+# So before Inductor sees the graph, every foreach call with a 0-d tensor argument is rewritten
+# into per-tensor ops, whose Tensor overloads read the scalar at run time.
+def _per_tensor(name: str):
+    """The per-tensor equivalent of ``torch._foreach_<name>``, taking scalars as 0-d tensors."""
+    inplace = name.endswith("_")
+    base = name.rstrip("_")
+    op = getattr(torch, base)
+
+    def run(*args, **kwargs):
+        args = list(args)
+        value = alpha = None
+        if base in ("addcmul", "addcdiv"):
+            value = kwargs.pop("value", args.pop(3) if len(args) > 3 else None)
+        elif "alpha" in kwargs:
+            alpha = kwargs.pop("alpha")
+        n = next(len(x) for x in args if isinstance(x, (list, tuple)))
+        outs = []
+        for i in range(n):
+            a = [x[i] if isinstance(x, (list, tuple)) else x for x in args]
+            if value is not None:  # self + value * t1 (* or /) t2, in eager's order
+                scaled = a[1] * value
+                out = a[0] + (scaled * a[2] if base == "addcmul" else scaled / a[2])
+            else:
+                if alpha is not None:
+                    a[1] = a[1] * alpha
+                out = op(*a, **kwargs)
+            if inplace:
+                a[0].copy_(out)
+            outs.append(out)
+        return None if inplace else outs
+
+    run.__name__ = run.__qualname__ = f"per_tensor_{name}"
+    return run
+
+
+_PER_TENSOR: dict[str, Any] = {}
+
+
+def _is_0d(a) -> bool:
+    v = a.meta.get("example_value") if isinstance(a, torch.fx.Node) else None
+    return isinstance(v, Tensor) and v.dim() == 0
+
+
+def _backend(gm: torch.fx.GraphModule, example_inputs):
+    """Inductor, after routing foreach ops with 0-d tensor scalars to per-tensor ops."""
+    for node in gm.graph.nodes:
+        name = getattr(node.target, "__name__", "")
+        if node.op != "call_function" or not name.startswith("_foreach_"):
+            continue  # (Dynamo itself turns alpha=/value= 0-d tensors of tensor methods into fma)
+        if any(_is_0d(a) for a in (*node.args, *node.kwargs.values())):
+            name = name[len("_foreach_"):]
+            if name not in _PER_TENSOR:
+                _PER_TENSOR[name] = _per_tensor(name)
+            node.target = _PER_TENSOR[name]
+    gm.recompile()
+    return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+
+
+class _Kernel:
+    __slots__ = ("spec", "fn", "compile_s", "failed", "ran")
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.fn = None  # the torch.compile'd step, made on the first run
+        self.compile_s: float | None = None
+        self.failed: str | None = None
+        self.ran = False
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(f"optimlab: {msg}; running the eager path instead", RuntimeWarning, stacklevel=3)
+
+
+def _run_kernel(kernel: _Kernel, args) -> bool:
+    """Run a kernel; False (after warning once) if it cannot be compiled."""
+    if kernel.ran:
+        kernel.fn(*args)
+        return True
+    device_type = kernel.spec[-2]
+    t0 = time.perf_counter()
+    try:
+        chain, keys, names, lr_index, maximize = kernel.spec[:5]
+        kernel.fn = torch.compile(_make_step(chain, keys, names, lr_index, maximize), backend=_backend,
+                                  dynamic=True, fullgraph=True)
+        kernel.fn(*args)
+    except Exception as e:  # noqa: BLE001 - any compilation failure means: stay eager
+        inner = getattr(e, "inner_exception", None) or e
+        text = str(inner).strip()
+        reason = f"{type(inner).__name__}: {text.splitlines()[0] if text else ''}"
+        kernel.failed = reason
+        words = ("compiler", "cxx", "c++", "gcc", "clang", "not supported")
+        if kernel.fn is None or isinstance(inner, OSError) or any(w in reason.lower() for w in words):
+            # torch.compile or the C++/GPU toolchain is missing: nothing compiles on this device
+            _BROKEN_DEVICES[device_type] = reason
+            _warn(f"torch.compile is unavailable on {device_type} ({reason})")
+        else:
+            _FAILED_CHAINS.add((kernel.spec[0], device_type, kernel.spec[-1]))
+            _warn(f"could not compile the chain {kernel.spec[0]} ({reason})")
+        return False
+    kernel.compile_s = time.perf_counter() - t0
+    kernel.ran = True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Buckets: flat buffers and their views.
+# ---------------------------------------------------------------------------------------------
+def _offsets(numels: list[int], itemsize: int) -> tuple[list[int], int]:
+    align = max(1, _ALIGN_BYTES // itemsize)
+    offs, total = [], 0
+    for n in numels:
+        offs.append(total)
+        total += -(-n // align) * align
+    return offs, total
+
+
+_HUGE_PAGE = 2 << 20
+_madvise: Any = None  # libc's madvise, False where unavailable
+
+
+def _zeros(total: int, dtype, device) -> Tensor:
+    """A zeroed flat buffer; on Linux CPUs backed by transparent huge pages where the system
+    allows it (``madvise`` mode): the kernel streams through whole buffers, and 2 MiB pages
+    spare it the TLB misses of 4 KiB ones (measured: a memory-bound step 1-4% faster)."""
+    global _madvise
+    flat = torch.empty(total, dtype=dtype, device=device)
+    if HUGE_PAGES and flat.device.type == "cpu" and flat.nbytes >= 2 * _HUGE_PAGE:
+        if _madvise is None:
+            try:
+                import ctypes
+
+                _madvise = ctypes.CDLL(None, use_errno=True).madvise
+                _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            except (OSError, AttributeError):
+                _madvise = False
+        if _madvise:  # before the first touch, so the pages are faulted in huge
+            start = -(-flat.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+            end = (flat.data_ptr() + flat.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+            _madvise(start, end - start, 14)  # MADV_HUGEPAGE; failure is harmless
+    return flat.zero_()
+
+
+def _flatten(tensors: list[Tensor], offs: list[int], total: int, like: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A zero-padded flat copy of ``tensors`` and the views of it shaped like them."""
+    flat = _zeros(total, like.dtype, like.device)
+    views = []
+    for t, off in zip(tensors, offs):
+        v = flat[off: off + t.numel()].view(t.shape)
+        if t is not None:
+            v.copy_(t)
+        views.append(v)
+    return flat, views
+
+
+def _grad_arrived(bucket_ref, i: int, p: Tensor) -> None:
+    """Post-accumulate-grad hook: move a freshly allocated gradient into its flat slot."""
+    b = bucket_ref()
+    if b is None:
+        return
+    _, ptr, _, gv, _ = b.rows[i]
+    g = p.grad
+    if g is gv or g is None or g.requires_grad or g.is_sparse or p.data_ptr() != ptr:
+        return  # already in place, part of a graph, or a stale layout (step() sorts it out)
+    gv.copy_(g)
+    p.grad = gv
+
+
+def _remove_hooks(handles) -> None:
+    for h in handles:
+        h.remove()
+
+
+class _Bucket:
+    """One group x device x dtype x step: params, grads and tensor state as views of flat buffers."""
+
+    __slots__ = ("params", "names", "states", "step", "keys", "flat_param", "flat_grad", "flat_state",
+                 "grad_views", "rows", "numel", "device", "dtype", "__weakref__")
+
+    def __init__(self, params, names, states, keys, own_grads: bool):
+        """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
+        ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
+        must not show up in ``p.grad``)."""
+        p0 = params[0]
+        self.params, self.names, self.states, self.keys = params, names, states, keys
+        self.step = states[0]["step"]
+        self.device, self.dtype = p0.device, p0.dtype
+        offs, total = _offsets([p.numel() for p in params], p0.element_size())
+        self.numel = total
+        self.flat_param, pviews = _flatten([p.detach() for p in params], offs, total, p0)
+        for p, v in zip(params, pviews):
+            p.data = v
+        self.flat_state, state_views = [], []
+        for k in keys:
+            first = states[0][k]
+            flat, views = _flatten([st[k] for st in states], offs, total,
+                                   torch.empty((), dtype=first.dtype, device=self.device))
+            for st, v in zip(states, views):
+                st[k] = v
+            self.flat_state.append(flat)
+            state_views.append(views)
+        self.flat_grad = _zeros(total, p0.dtype, self.device)
+        self.grad_views = [self.flat_grad[o: o + p.numel()].view(p.shape) for p, o in zip(params, offs)]
+        for p, gv in zip(params, self.grad_views):
+            if own_grads and p.grad is not None and not p.grad.requires_grad and not p.grad.is_sparse:
+                gv.copy_(p.grad)
+                p.grad = gv
+        # what check() compares, per parameter
+        self.rows = list(zip(params, [p.data_ptr() for p in params], states, self.grad_views,
+                             zip(*state_views) if keys else [()] * len(params)))
+        # gradients that autograd allocates afresh (after zero_grad() set them to None) are
+        # copied into their slot as they arrive, while still in cache; removed with the bucket
+        me = weakref.ref(self)
+        handles = [p.register_post_accumulate_grad_hook(functools.partial(_grad_arrived, me, i))
+                   for i, p in enumerate(params) if p.requires_grad and own_grads]
+        weakref.finalize(self, _remove_hooks, handles)
+
+    def check(self, opt) -> tuple[bool, list[int], list[int]]:
+        """Still valid? Plus which parameters have no gradient, and which gradients (not our
+        views) need copying in. Runs every step: keep it lean."""
+        step = self.states[0]["step"]
+        if step != self.step:  # the eager path stepped this bucket (all of it: see step_group)
+            if any(st["step"] != step for st in self.states):
+                return False, [], []
+            self.step = step
+        grad_of = None if opt.accumulate_steps == 1 else opt._grad
+        keys = self.keys
+        missing, fresh = [], []
+        for i, (p, ptr, st, gv, views) in enumerate(self.rows):
+            if p.data_ptr() != ptr:
+                return False, missing, fresh
+            for k, v in zip(keys, views):
+                if st.get(k) is not v:
+                    return False, missing, fresh
+            g = p.grad if grad_of is None else grad_of(p)
+            if g is None:
+                missing.append(i)
+            elif g is not gv:
+                fresh.append(i)
+        return True, missing, fresh
+
+    def take_grads(self, opt, fresh: list[int]) -> None:
+        """Copy gradients that are not our views into their slots; rebind ``p.grad`` to them."""
+        use_grad_attr = opt.accumulate_steps == 1
+        grads = [self.params[i].grad if use_grad_attr else opt._grad(self.params[i]) for i in fresh]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError("sparse gradient")  # caught by the caller: eager path raises properly
+        torch._foreach_copy_([self.grad_views[i] for i in fresh], grads)
+        if use_grad_attr:
+            for i, g in zip(fresh, grads):
+                if not g.requires_grad:
+                    self.params[i].grad = self.grad_views[i]
+
+
+@dataclasses.dataclass
+class _Layout:
+    group: dict
+    chain: tuple  # the chain it was built for (a new chain may need new state: rebuild)
+    state: dict  # opt.state when built (load_state_dict replaces it)
+    param_ids: list[int]  # id() of group["params"] when built
+    buckets: list[_Bucket]
+    outside: list[int]  # indices of parameters not in a bucket (stepped eagerly)
+    stateless: list[int]  # ... of which these had no state yet (a first gradient rebuilds)
+    dirty: bool = False  # some bucket was stepped in part (its step counts now differ)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine.
+# ---------------------------------------------------------------------------------------------
+def _flattenable(p: Tensor, st: dict, keys: tuple) -> bool:
+    if not (type(p.data) is Tensor and p.layout == torch.strided and p.is_contiguous()):
+        return False
+    if p.is_complex() or not p.is_floating_point():
+        return False
+    return all(st[k].shape == p.shape and st[k].device == p.device and st[k].layout == torch.strided
+               and not st[k].is_complex() for k in keys)
+
+
+class FlatEngine:
+    """Per optimizer: the flat layouts of its param groups, and the step over them."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[int, _Layout] = {}
+        self._rebuilds: dict[int, int] = {}  # per group (by id)
+        self.rebuilds = 0  # how many times a layout was (re)built (for tests and diagnostics)
+
+    # -- the step ------------------------------------------------------------------------------
+    def step_group(self, opt, group: dict) -> dict | None:
+        """Step what can run flat; return the group (or a sub-group) for the eager path, or
+        None when nothing is left."""
+        chain = opt._chain(group)
+        if not _chain_ok(chain) or self._rebuilds.get(id(group), 0) > MAX_REBUILDS:
+            return group
+        lay = self._layouts.get(id(group))
+        checks = None
+        if lay is not None and lay.group is group and lay.chain == chain and self._still_valid(opt, lay):
+            checks = [b.check(opt) for b in lay.buckets]
+        if checks is None or not all(ok for ok, _, _ in checks):
+            lay = self._build(opt, group, chain)
+            if lay is None:  # given up on this group
+                return group
+            checks = [b.check(opt) for b in lay.buckets]
+            if not all(ok for ok, _, _ in checks):  # pragma: no cover - just built
+                return group
+
+        eager: list[int] = list(lay.outside)  # indices into group["params"] for the eager path
+        index = None
+        for b, (_, missing, fresh) in zip(lay.buckets, checks):
+            if len(missing) == len(b.params):
+                continue  # no gradients at all: torch skips these parameters
+            if missing or not self._run_bucket(opt, group, chain, b, fresh):
+                lay.dirty = lay.dirty or bool(missing)
+                if index is None:
+                    index = {id(p): i for i, p in enumerate(group["params"])}
+                skip = set(missing)
+                eager.extend(index[id(p)] for j, p in enumerate(b.params) if j not in skip)
+        if not eager:
+            return None
+        if len(eager) == len(group["params"]):
+            return group
+        eager.sort()
+        sub = {**group, "params": [group["params"][i] for i in eager]}
+        if group.get("param_names"):
+            sub["param_names"] = [group["param_names"][i] for i in eager]
+        return sub
+
+    def _run_bucket(self, opt, group, chain, b: _Bucket, fresh: list[int]) -> bool:
+        maximize = bool(group.get("maximize", False))
+        lr = opt._lr(group)
+        if b.device.type in _BROKEN_DEVICES or (chain, b.device.type, b.dtype) in _FAILED_CHAINS:
+            return False
+        if fresh:
+            try:
+                b.take_grads(opt, fresh)
+            except RuntimeError:
+                return False
+        step = b.step + 1
+        for st in b.states:
+            st["step"] = step
+        # host-side scalar state (NAdam's mu_product ...) advances in _scalars: keep it to undo
+        host = [(k, [st.get(k) for st in b.states]) for t in chain for k in t.host_keys]
+        scalars = opt._scalars(chain, group, step, b.states)
+        names, values, i = [], [float(step)], 1
+        if lr is not None:
+            values.append(float(lr))
+            i = 2
+        for s in scalars:
+            tn = []
+            for n, v in s.items():
+                tn.append((n, i))
+                values.append(float(v))
+                i += 1
+            names.append(tuple(tn))
+        spec = (chain, b.keys, tuple(names), 1 if lr is not None else None, maximize,
+                b.device.type, b.dtype)
+        kernel = _KERNELS.get(spec)
+        if kernel is None:
+            kernel = _KERNELS[spec] = _Kernel(spec)
+        if kernel.failed is None:
+            # scalars in the parameters' dtype: the value eager's kernels use (a Python float
+            # rounded once), and ~4% faster than float64 for float32 on CPU (no per-element cast)
+            vec = torch.tensor(values, dtype=b.dtype if b.dtype in _SCALAR_DTYPES else torch.float32)
+            if b.device.type != "cpu":
+                vec = vec.to(b.device, non_blocking=True)
+            # separate 0-d inputs: a 0-d slice of one dynamic-size input trips up foreach ops
+            vec = vec.unbind()
+            if _run_kernel(kernel, (b.flat_param, b.flat_grad, b.flat_state, vec)):
+                b.step = step
+                return True
+        for st in b.states:  # not compiled: undo this step's bookkeeping, the eager path redoes it
+            st["step"] = step - 1
+        for k, values in host:
+            for st, v in zip(b.states, values):
+                st[k] = v
+        return False
+
+    # -- layouts -------------------------------------------------------------------------------
+    def _still_valid(self, opt, lay: _Layout) -> bool:
+        if lay.dirty or lay.state is not opt.state:
+            return False
+        params = lay.group["params"]
+        if list(map(id, params)) != lay.param_ids:
+            return False
+        state = opt.state
+        return not any("step" in state.get(params[i], ()) for i in lay.stateless)
+
+    def _build(self, opt, group: dict, chain) -> _Layout | None:
+        """(Re)build the group's flat layout from the current parameters and state."""
+        n = self._rebuilds[id(group)] = self._rebuilds.get(id(group), 0) + 1
+        if n > MAX_REBUILDS:
+            self._layouts.pop(id(group), None)
+            warnings.warn(
+                f"optimlab: the flat layout of a param group was rebuilt {n - 1} times (the set of "
+                "parameters with a gradient keeps changing, or parameters keep being replaced); "
+                "that group stays on the eager path from now on", RuntimeWarning, stacklevel=5)
+            return None
+        self.rebuilds += 1
+        opt._gather(group)  # initialises the state of parameters that just got their first gradient
+        names = group.get("param_names")
+        keyed: dict[tuple, list[int]] = {}
+        outside, stateless = [], []
+        for i, p in enumerate(group["params"]):
+            st = opt.state.get(p)
+            if not st or "step" not in st:
+                outside.append(i)
+                stateless.append(i)
+                continue
+            keys = tuple(k for k, v in st.items() if isinstance(v, Tensor) and k not in _ENGINE_KEYS)
+            if not _flattenable(p, st, keys):
+                outside.append(i)
+                continue
+            if p.device.type in _BROKEN_DEVICES:
+                outside.append(i)
+                continue
+            # as the eager path buckets: same step count and host-side history (NAdam's product)
+            host = tuple(st.get(k) for t in chain for k in t.host_keys)
+            key = (p.device, p.dtype, st["step"], host, keys, tuple(st[k].dtype for k in keys))
+            keyed.setdefault(key, []).append(i)
+        if opt.compile is None and not group.get("fused"):  # automatic: large buckets only
+            for key, idx in list(keyed.items()):
+                if sum(group["params"][i].numel() for i in idx) < AUTO_MIN_NUMEL:
+                    outside.extend(keyed.pop(key))
+            outside.sort()
+        buckets = []
+        for (_, _, _, _, keys, _), idx in keyed.items():
+            params = [group["params"][i] for i in idx]
+            buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
+                                   [opt.state[p] for p in params], keys, opt.accumulate_steps == 1))
+        lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
+        self._layouts[id(group)] = lay
+        return lay
+
+    # -- zero_grad -----------------------------------------------------------------------------
+    def zero_grad(self, opt, set_to_none: bool) -> None:
+        """``set_to_none=False``: zero each flat grad buffer in one call and point every
+        ``p.grad`` that is not None at its (zeroed) view; other parameters get torch's treatment."""
+        if set_to_none:
+            torch.optim.Optimizer.zero_grad(opt, True)
+            return
+        done = set()
+        for lay in self._layouts.values():
+            for b in lay.buckets:
+                if any(p.data_ptr() != ptr for p, ptr, *_ in b.rows):
+                    continue  # stale layout: leave these parameters to the generic loop
+                b.flat_grad.zero_()
+                for p, gv in zip(b.params, b.grad_views):
+                    g = p.grad
+                    if g is None or g.requires_grad:
+                        continue  # None stays None (torch); a grad in a graph: the generic loop
+                    if g is not gv:
+                        p.grad = gv
+                    done.add(id(p))
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if id(p) in done or p.grad is None:
+                    continue
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()

@@ -1,0 +1,259 @@
+"""The flat-buffer compiled path (``compile=True`` / ``fused=True``, optimlab._flat): same
+numbers as the eager path and torch.optim, no recompiles when hyperparameters change, bit-exact
+state_dict round trips, torch's gradient semantics, and a clean fallback when compilation is
+unavailable."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import warnings
+
+import pytest
+import torch
+
+import optimlab
+from optimlab import _flat
+from problems import make_net, net_data, split_groups
+
+F64 = torch.float64
+
+
+def rel_err(a_params, b_params) -> float:
+    return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(a_params, b_params))
+
+
+def train(net, opt, steps, *, none_grads=False, change=None, set_to_none=True):
+    x, y = net_data(next(net.parameters()).dtype)
+    for step in range(steps):
+        if change is not None and step == steps // 2:
+            for g in opt.param_groups:
+                g.update(change)
+        opt.zero_grad(set_to_none=set_to_none)
+        ((net(x) - y) ** 2).mean().backward()
+        if none_grads and step % 3 == 1:
+            net.fc.bias.grad = None
+            net.scale.grad = None
+        opt.step()
+
+
+def triple(cls, groups, **kwargs):
+    """The same net three times: compiled optimlab, eager optimlab, torch.optim."""
+    nets = [make_net(F64) for _ in range(3)]
+    ours = getattr(optimlab, cls)(split_groups(list(nets[0].parameters()), groups), compile=True, **kwargs)
+    eager = getattr(optimlab, cls)(split_groups(list(nets[1].parameters()), groups), **kwargs)
+    theirs = getattr(torch.optim, cls)(split_groups(list(nets[2].parameters()), groups), **kwargs)
+    return nets, (ours, eager, theirs)
+
+
+def flat_buckets(opt):
+    return [b for lay in opt._engine._layouts.values() for b in lay.buckets] if opt._engine else []
+
+
+@pytest.mark.parametrize("none_grads", [False, True], ids=["all-grads", "none-grads"])
+def test_adam_matches_eager_and_torch(none_grads):
+    groups = [{}, {"lr": 0.003, "betas": (0.5, 0.9), "weight_decay": 0.05}]
+    nets, opts = triple("Adam", groups, lr=0.01)
+    for net, opt in zip(nets, opts):
+        train(net, opt, 30, none_grads=none_grads, change={"lr": 0.004, "betas": (0.85, 0.995), "eps": 1e-6})
+    assert flat_buckets(opts[0]), "the compiled optimizer did not use flat buffers"
+    assert rel_err(nets[0].parameters(), nets[1].parameters()) <= 1e-12
+    assert rel_err(nets[0].parameters(), nets[2].parameters()) <= 1e-12
+    for p0, p1 in zip(nets[0].parameters(), nets[1].parameters()):
+        s0, s1 = opts[0].state[p0], opts[1].state[p1]
+        assert s0.keys() == s1.keys() and s0["step"] == s1["step"]
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert s0[k].shape == p0.shape
+            torch.testing.assert_close(s0[k], s1[k], rtol=1e-12, atol=0)
+
+
+def test_no_recompile_when_hyperparameters_change():
+    nets, opts = triple("AdamW", [{}], lr=0.01, weight_decay=0.1)
+    train(nets[0], opts[0], 2)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for i, change in enumerate([{"lr": 0.02}, {"betas": (0.8, 0.99)}, {"eps": 1e-4}, {"weight_decay": 0.3}]):
+            for g in opts[0].param_groups:
+                g.update(change)
+            train(nets[0], opts[0], 2)
+    assert opts[0]._engine.rebuilds == 1
+
+
+def test_state_dict_round_trip_is_bit_exact():
+    net_a = make_net(F64)
+    opt_a = optimlab.Adam(net_a.parameters(), lr=0.01, compile=True)
+    train(net_a, opt_a, 5)
+    net_b = copy.deepcopy(net_a)
+    opt_b = optimlab.Adam(net_b.parameters(), lr=0.01, compile=True)
+    sd = copy.deepcopy(opt_a.state_dict())
+    opt_b.load_state_dict(sd)
+    # the state dict looks like the eager one: per-parameter tensors shaped like the parameter
+    for st, p in zip(sd["state"].values(), net_a.parameters()):
+        assert st["exp_avg"].shape == p.shape and st["step"] == 5
+    train(net_a, opt_a, 5)
+    train(net_b, opt_b, 5)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(pa, pb)
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    for i in sa:
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[i][k], sb[i][k])
+    # and into an eager optimizer (state views load like any tensors)
+    net_c = copy.deepcopy(net_b)
+    opt_c = optimlab.Adam(net_c.parameters(), lr=0.01)
+    opt_c.load_state_dict(copy.deepcopy(opt_b.state_dict()))
+    train(net_b, opt_b, 3)
+    train(net_c, opt_c, 3)
+    assert rel_err(net_b.parameters(), net_c.parameters()) <= 1e-12
+
+
+def test_flat_layout_and_grad_semantics():
+    net = make_net(F64)
+    ref = copy.deepcopy(net)
+    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True)
+    opt_ref = optimlab.Adam(ref.parameters(), lr=0.01)
+    train(net, opt, 2)
+    train(ref, opt_ref, 2)
+    (b,) = flat_buckets(opt)
+    params = list(net.parameters())
+    storage = b.flat_param.untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in params)
+    assert all(p.grad is gv for p, gv in zip(params, b.grad_views))  # rebound after the copy
+    assert all(opt.state[p]["exp_avg"].untyped_storage().data_ptr() == b.flat_state[0].untyped_storage().data_ptr()
+               for p in params)
+    opt.zero_grad()  # torch's default: None, so "no gradient -> skipped" still holds
+    opt_ref.zero_grad()
+    assert all(p.grad is None for p in params)
+    # autograd's fresh gradients are moved into the flat buffer as they arrive (one hook each)
+    x, y = net_data(F64)
+    ((net(x) - y) ** 2).mean().backward()
+    assert all(p.grad is gv for p, gv in zip(params, b.grad_views))
+    opt.step()
+    ((ref(x) - y) ** 2).mean().backward()
+    opt_ref.step()
+    assert all(len(p._post_accumulate_grad_hooks) == 1 for p in params)
+    # set_to_none=False zeroes the flat buffer in place; backward then accumulates into it
+    train(net, opt, 3, set_to_none=False)
+    train(ref, opt_ref, 3, set_to_none=False)
+    assert all(p.grad is gv for p, gv in zip(params, b.grad_views))
+    assert opt._engine.rebuilds == 1
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+    del b  # (a bucket's hooks live as long as the bucket)
+    # a parameter replaced behind our back (model.to(), p.data = ...) rebuilds the layout
+    net.fc.weight.data = net.fc.weight.data.clone()
+    ref.fc.weight.data = ref.fc.weight.data.clone()
+    train(net, opt, 3)
+    train(ref, opt_ref, 3)
+    assert opt._engine.rebuilds == 2
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+    # the old layout's hooks went with it; load_state_dict drops the engine and its hooks too
+    assert all(len(p._post_accumulate_grad_hooks) == 1 for p in params)
+    opt.load_state_dict(opt.state_dict())
+    gc.collect()
+    assert all(not p._post_accumulate_grad_hooks for p in params)
+    train(net, opt, 2)
+    train(ref, opt_ref, 2)
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+
+
+def test_chain_change_mid_run_rebuilds():
+    """momentum 0 -> 0.9 switches a transform (and its state) on: same numbers as eager."""
+    net, ref = make_net(F64), make_net(F64)
+    opt = optimlab.SGD(net.parameters(), lr=0.05, compile=True)
+    opt_ref = optimlab.SGD(ref.parameters(), lr=0.05)
+    train(net, opt, 6, change={"momentum": 0.9})
+    train(ref, opt_ref, 6, change={"momentum": 0.9})
+    assert flat_buckets(opt) and opt._engine.rebuilds == 2
+    assert "momentum_buffer" in opt.state[net.fc.weight]
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+
+
+def test_grad_accumulation_and_fused_flag():
+    net, ref = make_net(F64), make_net(F64)
+    opt = optimlab.Adam(net.parameters(), lr=0.01, fused=True, accumulate_steps=2)
+    opt_ref = optimlab.Adam(ref.parameters(), lr=0.01, accumulate_steps=2)
+    train(net, opt, 8)
+    train(ref, opt_ref, 8)
+    assert flat_buckets(opt)
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+    # p.grad keeps the last micro-batch's gradient, not the mean the step used
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_non_elementwise_and_masked_chains_stay_eager():
+    net, masked_net = make_net(F64), make_net(F64)
+    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, clip_param_grad_norm=1.0)
+    masked = optimlab.AdamW(masked_net.named_parameters(), lr=0.01, compile=True, decay_mask="no_bias_norm")
+    train(net, opt, 2)
+    train(masked_net, masked, 2)
+    assert not flat_buckets(opt) and not flat_buckets(masked)
+    assert all(p.storage_offset() == 0 for p in [*net.parameters(), *masked_net.parameters()])
+
+
+def test_float32_matches_torch_fused():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 32), (32,), (7, 3, 5), ()]]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = optimlab.AdamW(params, lr=0.01, compile=True)
+    theirs = torch.optim.AdamW(copies, lr=0.01, fused=True)
+    for step in range(20):
+        grads = [torch.randn_like(p) for p in params]
+        for ps, opt in ((params, ours), (copies, theirs)):
+            opt.zero_grad()
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    assert flat_buckets(ours)
+    for a, b in zip(params, copies):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_mode_only_flattens_large_buckets():
+    small = make_net(F64)
+    opt = optimlab.Adam(small.parameters(), lr=0.01, compile=None)
+    train(small, opt, 2)
+    assert not flat_buckets(opt)
+    assert all(p.storage_offset() == 0 for p in small.parameters())
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(_flat, "_KERNELS", {})
+    monkeypatch.setattr(_flat, "_BROKEN_DEVICES", {})
+    monkeypatch.setattr(_flat, "_FAILED_CHAINS", set())
+    monkeypatch.setattr(_flat, "_backend", broken)
+    torch._dynamo.reset()
+    net, ref = make_net(F64), make_net(F64)
+    opt = optimlab.NAdam(net.parameters(), lr=0.01, compile=True) if hasattr(optimlab, "NAdam") else \
+        optimlab.Adam(net.parameters(), lr=0.01, compile=True)
+    opt_ref = type(opt)(ref.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(net, opt, 6)
+    train(ref, opt_ref, 6)
+    ours = [w for w in caught if "optimlab" in str(w.message)]
+    assert len(ours) == 1 and "unavailable" in str(ours[0].message)
+    for pa, pb in zip(net.parameters(), ref.parameters()):
+        assert torch.equal(pa, pb)  # the eager path, step for step (host-side state not advanced twice)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(n for n, s in optimlab.REGISTRY.items() if s.torch_name and not s.sparse_gradients))
+def test_registry_compiled_matches_eager(name):
+    """Every registered algorithm: compiled (where its chain is elementwise) == eager, float64."""
+    spec = optimlab.REGISTRY[name]
+    net, ref = make_net(F64), make_net(F64)
+    params = [p for p in net.parameters() if p.ndim == 2] if name == "muon" else list(net.parameters())
+    ref_params = [p for p in ref.parameters() if p.ndim == 2] if name == "muon" else list(ref.parameters())
+    opt = spec.cls(params, compile=True)
+    opt_ref = spec.cls(ref_params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed compilation warns: fail instead
+        train(net, opt, 12, none_grads=True)
+    train(ref, opt_ref, 12, none_grads=True)
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+    if _flat._chain_ok(opt._chain(opt.param_groups[0])):
+        assert flat_buckets(opt), f"{name}: elementwise chain, but not compiled"
