@@ -27,7 +27,7 @@ TORCH_CASES = [
     Case("rmsprop-flags", "RMSprop", "RMSprop", dict(lr=0.002, foreach=False, capturable=False)),
     Case("adadelta-default", "Adadelta", "Adadelta", dict()),
     Case("adadelta-wd-maximize", "Adadelta", "Adadelta",
-         dict(lr=0.1, rho=0.95, eps=1e-5, weight_decay=0.1, maximize=True)),
+         dict(lr=0.05, rho=0.95, eps=1e-5, weight_decay=0.1, maximize=True)),  # 0.1: float32 chaos
     Case("adadelta-groups-change", "Adadelta", "Adadelta", dict(lr=0.5),
          groups=[{}, {"lr": 0.3, "rho": 0.8, "eps": 1e-5, "weight_decay": 0.05}],
          change={"lr": 0.4, "rho": 0.85, "eps": 1e-6}),
