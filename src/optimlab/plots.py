@@ -29,6 +29,16 @@ def _axes(ax, figsize=(6.4, 4.2)):
     return ax.figure, ax
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str | None = None):
+    """Label the axes and title (the y label if no title), legend and grid; return the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax.figure
+
+
 def _by_label(records):
     out: dict[str, list] = defaultdict(list)
     for r in records:
@@ -66,12 +76,8 @@ def loss_curves(records: list[dict[str, Any]], ax=None, title: str | None = None
                 ax.plot(r["curve"][-1][0], r["curve"][-1][1] or ax.get_ylim()[1], "x", color="red")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("optimizer steps")
-    ax.set_ylabel("training loss (per batch, smoothed)" if smooth else "training loss (per batch)")
-    ax.set_title(title or "Training loss")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    ylabel = "training loss (per batch, smoothed)" if smooth else "training loss (per batch)"
+    return _finish(ax, "optimizer steps", ylabel, title or "Training loss")
 
 
 def metric_curves(records: list[dict[str, Any]], ax=None, key: str = "val_metric", title: str | None = None):
@@ -86,12 +92,8 @@ def metric_curves(records: list[dict[str, Any]], ax=None, key: str = "val_metric
         metric = rs[0].get("metric", key)
     if target is not None and key == "val_metric":
         ax.axhline(target, ls="--", color="gray", lw=1, label=f"target {target:g}")
-    ax.set_xlabel("optimizer steps")
-    ax.set_ylabel(key.replace("_", " ") if key != "val_metric" else f"validation {metric.replace('test ', '')}")
-    ax.set_title(title or ax.get_ylabel())
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    ylabel = key.replace("_", " ") if key != "val_metric" else f"validation {metric.replace('test ', '')}"
+    return _finish(ax, "optimizer steps", ylabel, title)
 
 
 def time_to_target(records: list[dict[str, Any]], ax=None, unit: str = "steps", title: str | None = None):
@@ -170,12 +172,7 @@ def lr_finder(lrs, losses, smoothed=None, suggestions: dict[str, float | None] |
         ax.plot(diverged_at, ends[0] if ends else ax.get_ylim()[1], "x", color="red", ms=9, mew=2,
                 label=f"stopped (diverging) at {diverged_at:.3g}")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (per batch)")
-    ax.set_title(title or "LR range test")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    return _finish(ax, "learning rate", "training loss (per batch)", title or "LR range test")
 
 
 def lr_sensitivity(results: dict[str, list[dict[str, Any]]], best_lr: dict[str, float | None] | None = None,
@@ -201,9 +198,5 @@ def lr_sensitivity(results: dict[str, list[dict[str, Any]]], best_lr: dict[str, 
             ax.plot(best, hit[0]["final_loss"], "*", color=f"C{i}", ms=15, mec="k")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss: final (solid), best (dotted); x diverged")
-    ax.set_title(title or "Learning-rate sensitivity")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    return _finish(ax, "learning rate", "training loss: final (solid), best (dotted); x diverged",
+                   title or "Learning-rate sensitivity")
