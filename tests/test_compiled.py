@@ -180,6 +180,61 @@ def test_grad_accumulation_and_fused_flag():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_layerwise_rows_and_padding():
+    """A layer-wise chain (LAMB) lays each tensor out on whole rows; the row bookkeeping counts
+    every entry once, and whatever sits in the padding never enters a norm."""
+    shapes = [(7, 5), (130,), (1,), (0,), (64,), (3, 64), ()]
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, dtype=F64)) for s in shapes]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = optimlab.LAMB(params, lr=0.01, weight_decay=0.1, compile=True)
+    ref = optimlab.LAMB(copies, lr=0.01, weight_decay=0.1)
+    for step in range(6):
+        for p, q in zip(params, copies):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+        (b,) = flat_buckets(ours)
+        if step == 0:
+            _, _, _, (row_tensor, row_len, rows, numel) = b.kernel_args
+            assert rows.tolist() == [-(-max(p.numel(), 0) // _flat.ROW) for p in params] + [0]
+            assert numel.tolist()[:-1] == [p.numel() for p in params]
+            for i, p in enumerate(params):  # each tensor's rows hold exactly its entries
+                assert int(row_len[row_tensor == i].sum()) == p.numel()
+            # garbage in the padding of every flat buffer (params, grads, moments)
+            used = torch.zeros(b.numel, dtype=torch.bool)
+            for v in b.grad_views:
+                off = v.storage_offset() - b.flat_grad.storage_offset()
+                used[off: off + v.numel()] = True
+            for flat in (b.flat_param, b.flat_grad, *b.flat_state):
+                flat[~used] = 1e3
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+
+
+def test_failed_recompile_falls_back_to_eager(monkeypatch):
+    """A kernel that compiled once but fails to recompile (new sizes) warns and goes eager."""
+    net, ref = make_net(F64), make_net(F64)
+    opt = optimlab.LARS(net.parameters(), lr=1.0, compile=True)
+    opt_ref = optimlab.LARS(ref.parameters(), lr=1.0)
+    train(net, opt, 2)
+    train(ref, opt_ref, 2)
+    (kernel,) = [k for k in _flat._KERNELS.values() if k.spec[0] == opt._chain(opt.param_groups[0])
+                 and k.spec[-1] == F64]
+
+    def fails(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("codegen failed"), None)
+
+    monkeypatch.setattr(kernel, "fn", fails)
+    monkeypatch.setattr(_flat, "_FAILED_CHAINS", set())
+    with pytest.warns(RuntimeWarning, match="could not recompile"):
+        train(net, opt, 3)
+    train(ref, opt_ref, 3)
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+    kernel.failed = None  # (the kernel cache is process-wide: leave it usable)
+
+
 def test_non_elementwise_and_masked_chains_stay_eager():
     net, masked_net = make_net(F64), make_net(F64)
     opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, clip_param_grad_norm=1.0)

@@ -15,8 +15,9 @@ coupled L2 term), negated under ``maximize``. Any momentum chain can use it, e.g
 ``[scale_by_adam(), cautious()]`` is C-Adam and ``[trace(), cautious()]`` cautious
 heavy-ball SGD.
 
-The rescale needs each tensor's count of kept entries, so a cautious chain does not run on the
-flat compiled path (``elementwise`` is False); ``rescale=False`` (mask only) is elementwise.
+The rescale needs each tensor's count of kept entries: on the flat compiled path it comes from
+the row layout (``layerwise``, :class:`optimlab.core.Segments`); ``rescale=False`` (mask only)
+is elementwise.
 """
 
 from __future__ import annotations
@@ -38,11 +39,20 @@ class cautious(Transform):
     maximize: bool = False
     rescale: bool = True
 
+    layerwise = True
+
     @property
     def elementwise(self):  # the rescale counts entries per tensor
         return not self.rescale
 
     def update(self, u, s):
+        seg = u.segments
+        if seg is not None and self.rescale:  # the flat compiled path: per-tensor counts by rows
+            (x,), (g,) = u.updates, u.grads
+            keep = (x * g < 0) if self.maximize else (x * g > 0)
+            factor = seg.numel / (seg.sum(keep.to(x.dtype)) + 1)
+            u.replace([torch.where(keep, x * seg.expand(factor), 0)], fresh=True)
+            return
         grads = torch._foreach_neg(u.grads) if self.maximize else u.grads
         keep = torch._foreach_mul(u.updates, grads)
         torch._foreach_sign_(keep)

@@ -18,8 +18,11 @@ tensor norms, so none of them runs on flat buffers (``elementwise = False``).
       m_1 = g_1 / (sqrt(v_1) + eps) + wd p,  m_t = b1 m + g_t / (sqrt(v_t) + eps) + wd p
       u_t = m_t
 
-These run eagerly, so they avoid parameter-sized temporaries: the ratio scales the update in
-place, NovoGrad accumulates ``g / (sqrt(v) + eps)`` straight into its momentum.
+``scale_by_trust_ratio`` is ``layerwise``: with ``compile=True`` it runs inside the compiled
+flat kernel, which takes the norms from the row layout (:class:`optimlab.core.Segments`), so a
+LAMB step is two passes over memory -- one reading p, g and the moments to reduce the norms,
+one updating them -- and no parameter-sized temporary. On the eager path the ratio scales the
+update in place, and NovoGrad accumulates ``g / (sqrt(v) + eps)`` straight into its momentum.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class scale_by_trust_ratio(Transform):
     eps_key: str | None = None
     lr_key: str | None = None
     elementwise = False
+    layerwise = True
 
     @property
     def hyperparameters(self):
@@ -74,6 +78,15 @@ class scale_by_trust_ratio(Transform):
         return {"coef": coef, "eps": eps, "lr": lr}
 
     def update(self, u, s):
+        seg = u.segments
+        if seg is not None:  # the flat compiled path: one tensor of rows, per-tensor vectors
+            (p,), (x,) = u.params, u.updates
+            pn, un = seg.norm(p), seg.norm(x)
+            ratio = torch.where((pn == 0) | (un == 0), 1.0, s["coef"] * pn / (un + s["eps"]))
+            if self.lr_key is not None:
+                ratio = ratio * s["lr"]
+            u.replace([x * seg.expand(ratio)], fresh=True)
+            return
         ratios = _trust_ratios(torch._foreach_norm(u.params), torch._foreach_norm(u.updates), s["coef"], s["eps"])
         if self.lr_key is not None:
             torch._foreach_mul_(ratios, s["lr"])
