@@ -20,8 +20,17 @@ count -- as a single ``torch.compile``'d call over flat buffers:
   shared between chains. Before Inductor sees the graph, foreach calls given a 0-d tensor as
   their Scalar argument are rewritten into per-tensor ops (see ``_backend``): torch 2.13 would
   otherwise bake the first value into the kernel.
-* **Which chains.** Only chains whose transforms are all ``elementwise`` and carry no mask (a
-  mask picks parameters, which a flat buffer no longer separates). Others, and parameters that
+* **Which chains.** Chains whose transforms are all ``elementwise`` or ``layerwise`` and carry
+  no mask (a mask picks parameters, which a flat buffer no longer separates).
+* **Layer-wise chains** (LAMB's trust ratio, LARS, NovoGrad, the cautious rescale) need sums per
+  tensor. Their bucket is laid out in rows of ``ROW`` (64) entries, each tensor on whole rows,
+  and the kernel gets the buffers as ``(rows, ROW)`` tensors plus the row bookkeeping
+  (:class:`optimlab.core.Segments`): a sum per row, masked to the tensor's entries, then
+  ``segment_reduce`` over each tensor's consecutive rows; per-tensor values reach the entries
+  by indexing with the row's tensor. Per-tensor state (``Transform.per_tensor_state``, 0-d per
+  parameter) becomes one vector per key. Inductor is told to recompute pointwise values rather
+  than store them (``_backend_recompute``), so the step is two passes over memory: one that
+  reads to reduce, one that updates. Others, and parameters that
   cannot be flattened (non-contiguous, complex, sparse, tensor subclasses, state not shaped like
   the parameter), take the eager path, as does everything when compilation is unavailable: the
   first failure warns once and that device type (or that chain, if only its tracing failed)
@@ -360,11 +369,14 @@ class _Bucket:
     __slots__ = ("params", "names", "states", "step", "keys", "flat_param", "flat_grad", "flat_state",
                  "grad_views", "rows", "numel", "device", "dtype", "kernel_args", "__weakref__")
 
-    def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False):
+    def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
+                 per_tensor: frozenset = frozenset()):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
         must not show up in ``p.grad``). ``layerwise``: lay the tensors out in rows of ``ROW``
-        entries for a chain with per-tensor reductions."""
+        entries for a chain with per-tensor reductions. ``per_tensor``: the state keys that hold
+        one number per tensor (0-d); each becomes a vector with one entry per tensor (plus the
+        empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry."""
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = states[0]["step"]
@@ -378,8 +390,12 @@ class _Bucket:
         self.flat_state, state_views = [], []
         for k in keys:
             first = states[0][k]
-            flat, views = _flatten([st[k] for st in states], offs, total,
-                                   torch.empty((), dtype=first.dtype, device=self.device))
+            like = torch.empty((), dtype=first.dtype, device=self.device)
+            if k in per_tensor:
+                n = len(states)
+                flat, views = _flatten([st[k] for st in states], list(range(n)), n + 1, like)
+            else:
+                flat, views = _flatten([st[k] for st in states], offs, total, like)
             for st, v in zip(states, views):
                 st[k] = v
             self.flat_state.append(flat)
@@ -395,7 +411,7 @@ class _Bucket:
                              zip(*state_views) if keys else [()] * len(params)))
         self.kernel_args = (self.flat_param, self.flat_grad, self.flat_state, ())
         if layerwise:
-            self.kernel_args = self._rows(numels, offs)
+            self.kernel_args = self._rows(numels, offs, per_tensor)
         # gradients that autograd allocates afresh (after zero_grad() set them to None) are
         # copied into their slot as they arrive, while still in cache; removed with the bucket
         me = weakref.ref(self)
@@ -403,12 +419,14 @@ class _Bucket:
                    for i, p in enumerate(params) if p.requires_grad and own_grads]
         weakref.finalize(self, _remove_hooks, handles)
 
-    def _rows(self, numels: list[int], offs: list[int]) -> tuple:
+    def _rows(self, numels: list[int], offs: list[int], per_tensor: frozenset) -> tuple:
         """The kernel's arguments for a layer-wise chain: the flat buffers as ``(rows, ROW)``
         views (the row width static for the compiler) and the rows' bookkeeping (Segments)."""
-        views = [x.view(-1, ROW) for x in (self.flat_param, self.flat_grad, *self.flat_state)]
+        views = [x.view(-1, ROW) for x in (self.flat_param, self.flat_grad)]
+        views += [x if k in per_tensor else x.view(-1, ROW) for k, x in zip(self.keys, self.flat_state)]
         for v in views:
-            torch._dynamo.mark_static(v, 1)
+            if v.dim() == 2:
+                torch._dynamo.mark_static(v, 1)
         # offsets are multiples of ROW, so tensor i owns the next ceil(n_i / ROW) rows
         n = torch.tensor(numels, dtype=torch.int64)
         count = (n + ROW - 1) // ROW
@@ -475,13 +493,13 @@ class _Layout:
 # ---------------------------------------------------------------------------------------------
 # The engine.
 # ---------------------------------------------------------------------------------------------
-def _flattenable(p: Tensor, st: dict, keys: tuple) -> bool:
+def _flattenable(p: Tensor, st: dict, keys: tuple, per_tensor: frozenset) -> bool:
     if not (type(p.data) is Tensor and p.layout == torch.strided and p.is_contiguous()):
         return False
     if p.is_complex() or not p.is_floating_point():
         return False
-    return all(st[k].shape == p.shape and st[k].device == p.device and st[k].layout == torch.strided
-               and not st[k].is_complex() for k in keys)
+    return all(st[k].shape == (() if k in per_tensor else p.shape) and st[k].device == p.device
+               and st[k].layout == torch.strided and not st[k].is_complex() for k in keys)
 
 
 class FlatEngine:
@@ -605,6 +623,7 @@ class FlatEngine:
         self.rebuilds += 1
         opt._gather(group)  # initialises the state of parameters that just got their first gradient
         names = group.get("param_names")
+        per_tensor = frozenset(k for t in chain for k in t.per_tensor_state)
         keyed: dict[tuple, list[int]] = {}
         outside, stateless = [], []
         for i, p in enumerate(group["params"]):
@@ -614,7 +633,7 @@ class FlatEngine:
                 stateless.append(i)
                 continue
             keys = tuple(k for k, v in st.items() if isinstance(v, Tensor) and k not in _ENGINE_KEYS)
-            if not _flattenable(p, st, keys):
+            if not _flattenable(p, st, keys, per_tensor):
                 outside.append(i)
                 continue
             if p.device.type in _BROKEN_DEVICES:
@@ -634,7 +653,7 @@ class FlatEngine:
             params = [group["params"][i] for i in idx]
             buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
                                    [opt.state[p] for p in params], keys, opt.accumulate_steps == 1,
-                                   layerwise=_layerwise(chain)))
+                                   layerwise=_layerwise(chain), per_tensor=per_tensor))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
         self._layouts[id(group)] = lay
         return lay

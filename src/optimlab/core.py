@@ -281,6 +281,9 @@ class Transform:
     #: scalars (LAMB's trust ratio, NovoGrad's norm): they run on flat buffers too, taking the
     #: reductions from ``u.segments`` there (``elementwise`` stays False: that path is eager).
     layerwise = False
+    #: state keys holding one number per tensor (0-d tensors, e.g. NovoGrad's second moment):
+    #: on the flat path they are vectors with one entry per tensor (``layerwise`` transforms only)
+    per_tensor_state = ()  # type: tuple[str, ...]
     #: True when :meth:`after` does something (so the engine calls it).
     has_after = False
 

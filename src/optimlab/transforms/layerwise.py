@@ -109,6 +109,8 @@ class scale_by_novograd(Transform):
     weight_decay_key: str = "weight_decay"
     hyperparameters = ("betas", "eps", "weight_decay")
     elementwise = False
+    layerwise = True
+    per_tensor_state = ("exp_avg_sq",)
 
     def init(self, p, group):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
@@ -122,6 +124,15 @@ class scale_by_novograd(Transform):
 
     def update(self, u, s):
         m, v, g = u.state["exp_avg"], u.state["exp_avg_sq"], u.updates
+        seg = u.segments
+        if seg is not None:  # the flat compiled path: v is one vector, an entry per tensor
+            (m,), (v,), (g,), (p,) = m, v, g, u.params
+            v.copy_(v * s["b2"] + s["1-b2"] * seg.sum(g * g).to(v.dtype))
+            m.mul_(s["b1"]).add_(g / seg.expand(v.sqrt() + s["eps"]))
+            if self.decay:  # (a mask keeps the chain off the flat path)
+                m.add_(p * s["wd"])
+            u.replace([m])
+            return
         sq = torch._foreach_norm(g)
         torch._foreach_mul_(sq, sq)
         torch._foreach_mul_(v, s["b2"])
