@@ -59,6 +59,15 @@ def test_slow_tasks_learn_in_a_shortened_budget(name, epochs, floor):
         assert rec["test_metric"] < 4.0
 
 
+def test_runs_hand_the_optimizer_named_parameters():
+    """A name-based mask (decay_mask as a regex of names to exclude) works in the lab: the runner
+    passes model.named_parameters(), so the biases are excluded by name (unnamed parameters
+    would make the mask raise)."""
+    (spec,) = grid(["digits-mlp"], ["adamw:weight_decay=0.5,decay_mask=bias"], epochs=1)
+    rec = run_one(spec)
+    assert rec["error"] is None and not rec["diverged"], rec["error"]
+
+
 def test_breast_cancer_optimum_matches_a_newton_solve():
     data = TASKS["breast-cancer-logreg"].data()
     f_star = breast_cancer_optimum(data)

@@ -20,8 +20,10 @@ count -- as a single ``torch.compile``'d call over flat buffers:
   shared between chains. Before Inductor sees the graph, foreach calls given a 0-d tensor as
   their Scalar argument are rewritten into per-tensor ops (see ``_backend``): torch 2.13 would
   otherwise bake the first value into the kernel.
-* **Which chains.** Chains whose transforms are all ``elementwise`` or ``layerwise`` and carry
-  no mask (a mask picks parameters, which a flat buffer no longer separates).
+* **Which chains.** Chains whose transforms are all ``elementwise`` or ``layerwise``, and carry
+  a mask only where the transform selects on the flat path (``masks_on_flat``: the mask is
+  evaluated per tensor when the layout is built and reaches the kernel as a bool vector, so a
+  masked chain gets the row layout below).
 * **Layer-wise chains** (LAMB's trust ratio, LARS, NovoGrad, the cautious rescale) need sums per
   tensor. Their bucket is laid out in rows of ``ROW`` (64) entries, each tensor on whole rows,
   and the kernel gets the buffers as ``(rows, ROW)`` tensors plus the row bookkeeping
@@ -127,7 +129,8 @@ def compile_stats() -> list[dict[str, Any]]:
 # The compiled kernels.
 # ---------------------------------------------------------------------------------------------
 def _chain_ok(chain: tuple) -> bool:
-    """Whether a chain can run on flat buffers: every transform elementwise and unmasked."""
+    """Whether a chain can run on flat buffers: every transform elementwise or layer-wise, and
+    masked only where the transform handles masks there (``masks_on_flat``)."""
     try:
         ok = _CHAIN_OK.get(chain)
     except TypeError:  # an unhashable field: it cannot be a cache key either
@@ -135,30 +138,40 @@ def _chain_ok(chain: tuple) -> bool:
     if ok is None:
         ok = all(
             (t.elementwise or t.layerwise)
-            and not any(callable(getattr(t, f.name)) for f in dataclasses.fields(t))
+            and not any(callable(getattr(t, f.name)) and not (f.name == "mask" and t.masks_on_flat)
+                        for f in dataclasses.fields(t))
             for t in chain
         )
         _CHAIN_OK[chain] = ok
     return ok
 
 
+def _masks(chain) -> list:
+    """The masks of a chain's masked transforms, in chain order."""
+    return [t.mask for t in chain if getattr(t, "mask", None) is not None]
+
+
 def _layerwise(chain) -> bool:
-    """Whether a (flat-able) chain needs per-tensor reductions: its buffers are then laid out
-    in rows (:class:`optimlab.core.Segments`)."""
-    return not all(t.elementwise for t in chain)
+    """Whether a (flat-able) chain needs per-tensor values -- reductions or masks: its buffers
+    are then laid out in rows (:class:`optimlab.core.Segments`)."""
+    return not all(t.elementwise for t in chain) or bool(_masks(chain))
 
 
 def _make_step(chain, keys, names, lr_index, maximize):
     """The function compiled for one spec: the chain on one-element lists of flat tensors
     (shaped ``(rows, ROW)`` with the row bookkeeping in ``seg`` for a layer-wise chain)."""
 
+    masked = [j for j, t in enumerate(chain) if getattr(t, "mask", None) is not None]
+
     def flat_step(param: Tensor, grad: Tensor, states: list[Tensor], vec: list[Tensor], seg: tuple) -> None:
-        segments = Segments(*seg, width=ROW) if seg else None
+        segments = Segments(*seg[:4], width=ROW) if seg else None
         u = Updates([param], [grad], {k: [t] for k, t in zip(keys, states)}, [None], vec[0], segments=segments)
         if maximize:
             u.replace(torch._foreach_neg([grad]))
             u._owned = True
         scalars = [{n: vec[i] for n, i in tn} for tn in names]
+        for j, selected in zip(masked, seg[4] if seg else ()):
+            scalars[j]["selected"] = selected  # the mask's verdict per tensor
         run_chain(chain, u, scalars, None if lr_index is None else vec[lr_index])
 
     # Dynamo keeps one cache (and one recompile budget) per code object: give every spec its own.
@@ -370,13 +383,14 @@ class _Bucket:
                  "grad_views", "rows", "numel", "device", "dtype", "kernel_args", "__weakref__")
 
     def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
-                 per_tensor: frozenset = frozenset()):
+                 per_tensor: frozenset = frozenset(), masks: list = ()):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
         must not show up in ``p.grad``). ``layerwise``: lay the tensors out in rows of ``ROW``
         entries for a chain with per-tensor reductions. ``per_tensor``: the state keys that hold
         one number per tensor (0-d); each becomes a vector with one entry per tensor (plus the
-        empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry."""
+        empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry. ``masks``: those of
+        the chain's masked transforms, evaluated here once per tensor."""
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = states[0]["step"]
@@ -411,7 +425,7 @@ class _Bucket:
                              zip(*state_views) if keys else [()] * len(params)))
         self.kernel_args = (self.flat_param, self.flat_grad, self.flat_state, ())
         if layerwise:
-            self.kernel_args = self._rows(numels, offs, per_tensor)
+            self.kernel_args = self._rows(numels, offs, per_tensor, masks)
         # gradients that autograd allocates afresh (after zero_grad() set them to None) are
         # copied into their slot as they arrive, while still in cache; removed with the bucket
         me = weakref.ref(self)
@@ -419,7 +433,7 @@ class _Bucket:
                    for i, p in enumerate(params) if p.requires_grad and own_grads]
         weakref.finalize(self, _remove_hooks, handles)
 
-    def _rows(self, numels: list[int], offs: list[int], per_tensor: frozenset) -> tuple:
+    def _rows(self, numels: list[int], offs: list[int], per_tensor: frozenset, masks: list) -> tuple:
         """The kernel's arguments for a layer-wise chain: the flat buffers as ``(rows, ROW)``
         views (the row width static for the compiler) and the rows' bookkeeping (Segments)."""
         views = [x.view(-1, ROW) for x in (self.flat_param, self.flat_grad)]
@@ -437,8 +451,10 @@ class _Bucket:
         length[torch.cumsum(count, 0)[partial] - 1] = (n[partial] % ROW).to(torch.int32)
         # one empty tensor more: a per-tensor vector then never has length 1, which the compiler
         # would specialise (and its CPU code generator miscompiles the 1-entry scatter-add)
+        selected = tuple(torch.tensor([bool(m(n, p)) for n, p in zip(self.names, self.params)] + [False],
+                                      device=self.device) for m in masks)
         seg = (tensor_of.to(self.device), length.to(self.device), torch.cat([count, count.new_zeros(1)]).to(self.device),
-               torch.tensor([*numels, 0], dtype=torch.float32, device=self.device))
+               torch.tensor([*numels, 0], dtype=torch.float32, device=self.device), selected)
         return views[0], views[1], views[2:], seg
 
     def check(self, opt) -> tuple[bool, list[int], list[int]]:
@@ -653,7 +669,7 @@ class FlatEngine:
             params = [group["params"][i] for i in idx]
             buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
                                    [opt.state[p] for p in params], keys, opt.accumulate_steps == 1,
-                                   layerwise=_layerwise(chain), per_tensor=per_tensor))
+                                   layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain)))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
         self._layouts[id(group)] = lay
         return lay

@@ -284,6 +284,10 @@ class Transform:
     #: state keys holding one number per tensor (0-d tensors, e.g. NovoGrad's second moment):
     #: on the flat path they are vectors with one entry per tensor (``layerwise`` transforms only)
     per_tensor_state = ()  # type: tuple[str, ...]
+    #: True when the transform's ``mask`` field works on the flat path: there the engine puts
+    #: the mask's verdict per tensor of the bucket into ``s["selected"]`` (a bool vector; spread
+    #: it over the entries with ``u.segments.expand``)
+    masks_on_flat = False
     #: True when :meth:`after` does something (so the engine calls it).
     has_after = False
 

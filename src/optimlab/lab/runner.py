@@ -125,7 +125,8 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         hyper = dict(spec.hyper)
         if "lr" not in hyper and spec.optimizer == task.optimizer:
             hyper["lr"] = task.lr
-        opt = registry.create(spec.optimizer, model.parameters(), **hyper)
+        # named: name-based masks (decay_mask=r"bias|norm", MuonAdam's embedding rule) see the names
+        opt = registry.create(spec.optimizer, model.named_parameters(), **hyper)
         epochs = spec.epochs or task.epochs
         bs = task.batch_size if spec.batch_size == "task" else spec.batch_size
         ckpt = os.path.join(checkpoint_dir, f"{spec.key}.pt") if checkpoint_dir else None

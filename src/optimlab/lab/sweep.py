@@ -94,7 +94,7 @@ def lr_find_task(task: str | Task, optimizer: str, seeds: int = 1, *, start: flo
     for seed in range(seeds):
         data = task.data(seed)
         model = task.model(seed)
-        opt = registry.create(name, model.parameters(), **hyper)
+        opt = registry.create(name, model.named_parameters(), **hyper)
         results.append(find_lr(model, opt, task.loss_fn(model), data.train, start=start, end=end, steps=steps,
                                mode=mode, smooth=smooth, diverge_factor=diverge_factor,
                                batch_size=_batch_size(task, batch_size), seed=seed, rule=rule))

@@ -111,6 +111,7 @@ class scale_by_novograd(Transform):
     elementwise = False
     layerwise = True
     per_tensor_state = ("exp_avg_sq",)
+    masks_on_flat = True
 
     def init(self, p, group):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
@@ -129,8 +130,9 @@ class scale_by_novograd(Transform):
             (m,), (v,), (g,), (p,) = m, v, g, u.params
             v.copy_(v * s["b2"] + s["1-b2"] * seg.sum(g * g).to(v.dtype))
             m.mul_(s["b1"]).add_(g / seg.expand(v.sqrt() + s["eps"]))
-            if self.decay:  # (a mask keeps the chain off the flat path)
-                m.add_(p * s["wd"])
+            if self.decay:
+                decay = p * s["wd"]
+                m.add_(decay if self.mask is None else torch.where(seg.expand(s["selected"]), decay, 0))
             u.replace([m])
             return
         sq = torch._foreach_norm(g)

@@ -10,6 +10,10 @@ lr-independent), and L1 by proximal soft-thresholding. Each takes a ``mask``.
                                   (lr-independent decoupled decay)
 * ``l1_prox(key)``:               after the step, p <- sign(p) * max(|p| - lr * l1, 0), which sets
                                   small weights to exact zeros (ISTA / proximal gradient).
+
+Masks work on the flat compiled path too (``masks_on_flat``): there the engine hands each
+masked transform the mask's verdict per tensor (``s["selected"]``), spread over the entries by
+``u.segments.expand``, and the transform selects with ``torch.where``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from ..core import Transform, Updates, axpy, axpy_, scale_
 
 __all__ = ["add_l2", "add_decayed_weights", "decay_weights", "l1_prox"]
+
+
+def _selected(u: Updates, s: dict):
+    """On the flat path, the mask as a bool tensor broadcastable to the entries (rows x 1)."""
+    return u.segments.expand(s["selected"])
 
 
 def _pick(u: Updates, mask, lists):
@@ -36,6 +47,7 @@ class add_l2(Transform):
 
     key: str = "weight_decay"
     mask: Any = None
+    masks_on_flat = True
 
     @property
     def hyperparameters(self):
@@ -45,6 +57,10 @@ class add_l2(Transform):
         return {"wd": group[self.key]}
 
     def update(self, u, s):
+        if self.mask is not None and u.segments is not None:
+            (x,), (p,) = u.updates, u.params
+            u.replace([x + torch.where(_selected(u, s), p * s["wd"], 0)], fresh=True)
+            return
         if self.mask is None:
             # out-of-place: also the first copy of the user's gradient
             u.replace(axpy(u.updates, s["wd"], u.params), fresh=True)
@@ -61,6 +77,7 @@ class add_decayed_weights(Transform):
 
     key: str = "weight_decay"
     mask: Any = None
+    masks_on_flat = True
 
     @property
     def hyperparameters(self):
@@ -70,6 +87,10 @@ class add_decayed_weights(Transform):
         return {"wd": group[self.key]}
 
     def update(self, u, s):
+        if self.mask is not None and u.segments is not None:
+            (x,), (p,) = u.updates, u.params
+            u.replace([x + torch.where(_selected(u, s), p * s["wd"], 0)], fresh=True)
+            return
         ups = u.mutable()
         sel_u, sel_p = _pick(u, self.mask, [ups, u.params])
         axpy_(sel_u, s["wd"], sel_p)
@@ -85,6 +106,7 @@ class decay_weights(Transform):
     key: str = "independent_decay"
     mask: Any = None
     lr_key: str | None = None
+    masks_on_flat = True
 
     @property
     def hyperparameters(self):
@@ -95,6 +117,10 @@ class decay_weights(Transform):
         return {"keep": 1.0 - scale * group[self.key]}
 
     def update(self, u, s):
+        if self.mask is not None and u.segments is not None:
+            (p,) = u.params
+            p.mul_(torch.where(_selected(u, s), s["keep"], 1))
+            return
         (sel_p,) = _pick(u, self.mask, [u.params])
         scale_(sel_p, s["keep"])
 
@@ -108,6 +134,7 @@ class l1_prox(Transform):
     lr_key: str | None = "lr"
     mask: Any = None
     has_after = True
+    masks_on_flat = True
 
     @property
     def hyperparameters(self):
@@ -121,6 +148,11 @@ class l1_prox(Transform):
         pass
 
     def after(self, u, s):
+        if self.mask is not None and u.segments is not None:
+            (p,) = u.params
+            shrunk = p.abs().sub(s["thresh"]).clamp(min=0) * p.sign()
+            p.copy_(torch.where(_selected(u, s), shrunk, p))
+            return
         (sel_p,) = _pick(u, self.mask, [u.params])
         for p in sel_p:
             # sign(p) * relu(|p| - t), written with in-place ops where possible
