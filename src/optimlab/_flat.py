@@ -23,21 +23,21 @@ count -- as a single ``torch.compile``'d call over flat buffers:
 * **Which chains.** Chains whose transforms are all ``elementwise`` or ``layerwise``, and carry
   a mask only where the transform selects on the flat path (``masks_on_flat``: the mask is
   evaluated per tensor when the layout is built and reaches the kernel as a bool vector, so a
-  masked chain gets the row layout below).
+  masked chain gets the row layout below). Others, and parameters that cannot be flattened
+  (non-contiguous, complex, sparse, tensor subclasses, state not shaped like the parameter),
+  take the eager path, as does everything when compilation is unavailable: the first failure warns once
+  and that device type (or that chain, if only its tracing failed) stays eager for the rest of
+  the process. ``compile=None`` turns it on for buckets of at least ``AUTO_MIN_NUMEL`` elements
+  only.
 * **Layer-wise chains** (LAMB's trust ratio, LARS, NovoGrad, the cautious rescale) need sums per
   tensor. Their bucket is laid out in rows of ``ROW`` (64) entries, each tensor on whole rows,
   and the kernel gets the buffers as ``(rows, ROW)`` tensors plus the row bookkeeping
   (:class:`optimlab.core.Segments`): a sum per row, masked to the tensor's entries, then
-  ``segment_reduce`` over each tensor's consecutive rows; per-tensor values reach the entries
-  by indexing with the row's tensor. Per-tensor state (``Transform.per_tensor_state``, 0-d per
+  ``segment_reduce`` over each tensor's consecutive rows; per-tensor values reach the entries by
+  indexing with the row's tensor. Per-tensor state (``Transform.per_tensor_state``, 0-d per
   parameter) becomes one vector per key. Inductor is told to recompute pointwise values rather
   than store them (``_backend_recompute``), so the step is two passes over memory: one that
-  reads to reduce, one that updates. Others, and parameters that
-  cannot be flattened (non-contiguous, complex, sparse, tensor subclasses, state not shaped like
-  the parameter), take the eager path, as does everything when compilation is unavailable: the
-  first failure warns once and that device type (or that chain, if only its tracing failed)
-  stays eager for the rest of the process. ``compile=None`` turns it on for buckets of at least
-  ``AUTO_MIN_NUMEL`` elements only.
+  reads to reduce, one that updates.
 * **Validation.** Each step checks, per parameter, that ``p.data`` still points into the flat
   buffer and that ``state[p]`` still holds the flat views; anything else (``model.to()``,
   ``p.data = ...``, a parameter whose first gradient just arrived, step counts that diverged
@@ -449,10 +449,10 @@ class _Bucket:
         length = torch.full((self.numel // ROW,), ROW, dtype=torch.int32)
         partial = (n % ROW != 0).nonzero().flatten()
         length[torch.cumsum(count, 0)[partial] - 1] = (n[partial] % ROW).to(torch.int32)
-        # one empty tensor more: a per-tensor vector then never has length 1, which the compiler
-        # would specialise (and its CPU code generator miscompiles the 1-entry scatter-add)
-        selected = tuple(torch.tensor([bool(m(n, p)) for n, p in zip(self.names, self.params)] + [False],
+        selected = tuple(torch.tensor([bool(m(name, p)) for name, p in zip(self.names, self.params)] + [False],
                                       device=self.device) for m in masks)
+        # one empty tensor more: a per-tensor vector then never has length 1, which Dynamo would
+        # specialise (a second compilation for one-tensor buckets)
         seg = (tensor_of.to(self.device), length.to(self.device), torch.cat([count, count.new_zeros(1)]).to(self.device),
                torch.tensor([*numels, 0], dtype=torch.float32, device=self.device), selected)
         return views[0], views[1], views[2:], seg
