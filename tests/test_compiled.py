@@ -260,12 +260,37 @@ def test_failed_recompile_falls_back_to_eager(monkeypatch):
     kernel.failed = None  # (the kernel cache is process-wide: leave it usable)
 
 
+def test_adafactor_compiles_its_unfactored_tensors():
+    """Adafactor's chain is layer-wise: vectors and 0-d tensors (second moment like p) run in the
+    compiled kernel, matrices (factored moments) on the eager path; together the eager numbers."""
+    net, ref = make_net(F64), make_net(F64)
+    opt = optimlab.Adafactor(net.parameters(), lr=0.01, weight_decay=0.1, compile=True)
+    opt_ref = optimlab.Adafactor(ref.parameters(), lr=0.01, weight_decay=0.1)
+    train(net, opt, 8, none_grads=True)
+    train(ref, opt_ref, 8, none_grads=True)
+    flat = {id(p) for b in flat_buckets(opt) for p in b.params}
+    assert flat and all((id(p) in flat) == (p.ndim < 2) for p in net.parameters())
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+
+
 def test_non_elementwise_chains_stay_eager():
     net = make_net(F64)
-    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, clip_param_grad_norm=1.0)
+    opt = optimlab.Shampoo(net.parameters(), lr=0.01, compile=True)
     train(net, opt, 2)
     assert not flat_buckets(opt)
     assert all(p.storage_offset() == 0 for p in net.parameters())
+
+
+def test_per_tensor_clipping_compiles():
+    net, ref = make_net(F64), make_net(F64)
+    # SGD (not Adam, which is almost invariant to rescaling a tensor's gradient); every
+    # gradient norm of this net is above 0.05, so the clipping acts
+    opt = optimlab.SGD(net.parameters(), lr=0.1, momentum=0.9, compile=True, clip_param_grad_norm=0.05)
+    opt_ref = optimlab.SGD(ref.parameters(), lr=0.1, momentum=0.9, clip_param_grad_norm=0.05)
+    train(net, opt, 6, none_grads=True)
+    train(ref, opt_ref, 6, none_grads=True)
+    assert flat_buckets(opt)
+    assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
 
 
 @pytest.mark.parametrize("cls, kwargs", [

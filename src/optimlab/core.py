@@ -199,6 +199,11 @@ class Segments:
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         return self.sum(x * x).sqrt()
 
+    def rms(self, x: Tensor) -> Tensor:
+        """Per-tensor root mean squares ``||x|| / sqrt(numel)`` (0 for empty tensors)."""
+        norm = self.norm(x)
+        return norm / self.numel.to(norm.dtype).clamp_min(1).sqrt()
+
     def expand(self, values: Tensor) -> Tensor:
         """Per-tensor values broadcast to the rows, shape ``(rows, 1)``."""
         return values[self.row_tensor].unsqueeze(1)

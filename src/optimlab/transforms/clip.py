@@ -38,7 +38,8 @@ class clip_by_value(Transform):
 @dataclasses.dataclass(frozen=True)
 class clip_by_param_norm(Transform):
     key: str = "clip_param_grad_norm"
-    elementwise = False  # needs each tensor's own norm
+    elementwise = False  # needs each tensor's own norm: on the flat path from the row layout
+    layerwise = True
 
     @property
     def hyperparameters(self):
@@ -48,6 +49,11 @@ class clip_by_param_norm(Transform):
         return {"c": float(group[self.key])}
 
     def update(self, u, s):
+        seg = u.segments
+        if seg is not None:  # the flat compiled path
+            (x,) = u.updates
+            u.replace([x * seg.expand(torch.clamp(s["c"] / (seg.norm(x) + 1e-6), max=1.0))], fresh=True)
+            return
         norms = torch._foreach_norm(u.updates)
         coefs = [torch.clamp(s["c"] / (n + 1e-6), max=1.0) for n in norms]
         u.replace(torch._foreach_mul(u.updates, coefs), fresh=True)

@@ -20,6 +20,11 @@ Memory Cost", ICML 2018), as torch.optim.Adafactor computes them.
   nothing).
 
 ``eps`` is Adafactor's pair ``(eps1, eps2)``; ``RMS(x) = ||x||_2 / sqrt(numel(x))``.
+
+All three are ``layerwise``: with ``compile=True`` the parameters whose state is shaped like
+them (vectors, 0-d tensors: their second moment is not factored) run in one compiled kernel
+that takes the per-tensor RMS from its row layout; matrices, whose factored moments are not,
+stay on the eager path.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class scale_by_factored_rms(Transform):
     eps_key: str = "eps"
     hyperparameters = ("beta2_decay", "eps")
     elementwise = False
+    layerwise = True  # (only unfactored tensors reach the flat path: their code is elementwise)
 
     def init(self, p, group):
         if p.ndim < 2:
@@ -64,7 +70,8 @@ class scale_by_factored_rms(Transform):
 
     def scalars(self, group, step, host):
         w = step ** group[self.decay_key]
-        return {"w": w, "1-w": 1.0 - w, "eps1": group[self.eps_key][0]}
+        eps1 = group[self.eps_key][0]  # None (torch's default): the dtype's epsilon, see dtype_eps
+        return {"w": w, "1-w": 1.0 - w, "eps1": 0.0 if eps1 is None else eps1}
 
     def update(self, u, s):
         none = [None] * len(u.params)
@@ -73,14 +80,15 @@ class scale_by_factored_rms(Transform):
         for g, row, col, variance in zip(u.updates, rows, cols, variances):
             eps1 = torch.finfo(g.dtype).eps if self.dtype_eps else s["eps1"]
             sq = g * g
-            if row is not None:  # factored: V = R C / mean(R)
+            if row is not None:  # factored: V = R C / mean(R), one fresh tensor, then in place
                 _ema_(row, sq.mean(-1, keepdim=True), s)
                 _ema_(col, sq.mean(-2, keepdim=True), s)
-                v = row * col / row.mean(-2, keepdim=True).clamp_min(eps1)
+                del sq
+                v = torch.mul(row, col).div_(row.mean(-2, keepdim=True).clamp_min(eps1))
+                new.append(v.clamp_min_(eps1 * eps1).rsqrt_().mul_(g))
             else:
                 _ema_(variance, sq, s)
-                v = variance
-            new.append(v.clamp_min(eps1 * eps1).rsqrt().mul_(g))
+                new.append(variance.clamp_min(eps1 * eps1).rsqrt_().mul_(g))
         u.replace(new)
         u._owned = True
 
@@ -91,6 +99,7 @@ class clip_by_block_rms(Transform):
 
     key: str = "d"
     elementwise = False
+    layerwise = True
 
     @property
     def hyperparameters(self):
@@ -100,6 +109,12 @@ class clip_by_block_rms(Transform):
         return {"d": group[self.key]}
 
     def update(self, u, s):
+        seg = u.segments
+        if seg is not None:  # the flat compiled path: per-tensor RMS from the rows
+            (x,) = u.updates
+            rms = seg.rms(x)
+            u.replace([x / seg.expand((rms / s["d"]).clamp_min(1.0))], fresh=True)
+            return
         ups = u.mutable()
         torch._foreach_div_(ups, [(r / s["d"]).clamp_min(1.0) for r in _rms(ups)])
 
@@ -112,6 +127,7 @@ class scale_by_param_rms(Transform):
     eps_key: str = "eps"
     lr_key: str = "lr"
     elementwise = False
+    layerwise = True
 
     @property
     def hyperparameters(self):
@@ -122,5 +138,11 @@ class scale_by_param_rms(Transform):
         return {"eps2": group[self.eps_key][1], "rho/lr": 1.0 if lr_sqrt_t <= 1.0 else 1.0 / lr_sqrt_t}
 
     def update(self, u, s):
+        seg = u.segments
+        if seg is not None:  # the flat compiled path: per-tensor RMS from the rows
+            (x,), (p,) = u.updates, u.params
+            rms = seg.rms(p)
+            u.replace([x * seg.expand(rms.clamp_min(s["eps2"]) * s["rho/lr"])], fresh=True)
+            return
         ups = u.mutable()
         torch._foreach_mul_(ups, [r.clamp_min(s["eps2"]) * s["rho/lr"] for r in _rms(u.params)])
