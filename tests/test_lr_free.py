@@ -206,8 +206,8 @@ def test_zero_lr_and_zero_gradients_leave_d_alone(cls):
 
 @pytest.mark.parametrize("cls", ["Prodigy", "DAdaptAdam"])
 def test_options(cls):
-    """decay_mask applies to weight_decay; compile=True stays eager (the chain is not
-    elementwise); the options that would be scaled by lr are refused, with the fix."""
+    """decay_mask applies to weight_decay; compile=True with a mask stays eager (see
+    optimlab.transforms.lr_free); the options that would be scaled by lr are refused, with the fix."""
     x, y = net_data()
     nets = [make_net() for _ in range(3)]
     opts = [getattr(optimlab, cls)(nets[0].named_parameters(), weight_decay=0.5, decay_mask="no_bias_norm",
@@ -224,6 +224,37 @@ def test_options(cls):
         getattr(optimlab, cls)(nets[0].parameters(), decoupled_decay=0.1)
     with pytest.raises(ValueError, match="l1=0.01"):
         getattr(optimlab, cls)(nets[0].parameters(), l1=0.01)
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    ("Prodigy", dict(weight_decay=0.1)),
+    ("Prodigy", dict(weight_decay=0.1, decouple=False)),
+    ("Prodigy", dict(safeguard_warmup=True)),
+    ("DAdaptAdam", dict(weight_decay=0.1)),
+])
+def test_compiled_matches_eager(cls, kwargs):
+    """compile=True: one compiled kernel per bucket, which returns its partial sums; the same
+    parameters and the same d as the eager path (1e-12), over two groups, a mid-run lr change
+    and parameters without a gradient on some steps."""
+    x, y = net_data()
+    nets = [make_net() for _ in range(2)]
+    opts = [getattr(optimlab, cls)(split_groups(list(n.parameters()), [{}, {"lr": 0.5}]), compile=c, **kwargs)
+            for n, c in zip(nets, (True, False))]
+    for step in range(25):
+        for n, o in zip(nets, opts):
+            if step == 12:
+                o.param_groups[1]["lr"] = 0.8
+            o.zero_grad()
+            _loss(n, x, y).backward()
+            if step % 4 == 1:
+                n.fc.bias.grad = None
+            o.step()
+    assert opts[0]._engine is not None and any(lay.buckets for lay in opts[0]._engine._layouts.values())
+    assert opts[0].param_groups[0]["d"] > opts[0].param_groups[0]["d0"]  # d moved: the sums reached it
+    for ga, gb in zip(opts[0].param_groups, opts[1].param_groups):
+        assert ga["d"] == pytest.approx(gb["d"], rel=1e-12)
+    for pa, pb in zip(*(n.parameters() for n in nets)):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
 
 
 def test_prodigy_maximize():

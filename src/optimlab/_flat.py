@@ -169,10 +169,12 @@ def _make_step(chain, keys, names, lr_index, maximize):
         if maximize:
             u.replace(torch._foreach_neg([grad]))
             u._owned = True
-        scalars = [{n: vec[i] for n, i in tn} for tn in names]
+        # a number is a 0-d input; a collector (a dict of lists, see _run_bucket) starts empty
+        scalars = [{n: vec[i] if isinstance(i, int) else {k: [] for k in i} for n, i in tn} for tn in names]
         for j, selected in zip(masked, seg[4] if seg else ()):
             scalars[j]["selected"] = selected  # the mask's verdict per tensor
         run_chain(chain, u, scalars, None if lr_index is None else vec[lr_index])
+        return [s[n] for s, tn in zip(scalars, names) for n, i in tn if not isinstance(i, int)]
 
     # Dynamo keeps one cache (and one recompile budget) per code object: give every spec its own.
     flat_step.__code__ = flat_step.__code__.replace(co_name=f"flat_step_{len(_KERNELS)}")
@@ -268,26 +270,26 @@ def _warn(msg: str) -> None:
     warnings.warn(f"optimlab: {msg}; running the eager path instead", RuntimeWarning, stacklevel=3)
 
 
-def _run_kernel(kernel: _Kernel, args) -> bool:
-    """Run a kernel; False (after warning once) if it cannot be compiled."""
+def _run_kernel(kernel: _Kernel, args) -> list | None:
+    """Run a kernel and return what its collectors gathered; None (after warning once) if it
+    cannot be compiled."""
     device_type = kernel.spec[-2]
     if kernel.ran:
         try:
-            kernel.fn(*args)
+            return kernel.fn(*args)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # (Inductor's errors included)
             # a recompile (new sizes) failed: nothing ran; this chain stays eager from now on
             kernel.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             _FAILED_CHAINS.add((kernel.spec[0], device_type, kernel.spec[-1]))
             _warn(f"could not recompile the chain {kernel.spec[0]} for new sizes ({kernel.failed})")
-            return False
-        return True
+            return None
     t0 = time.perf_counter()
     try:
         chain, keys, names, lr_index, maximize = kernel.spec[:5]
         backend = _backend_recompute if _layerwise(chain) else _backend
         kernel.fn = torch.compile(_make_step(chain, keys, names, lr_index, maximize), backend=backend,
                                   dynamic=True, fullgraph=True)
-        kernel.fn(*args)
+        out = kernel.fn(*args)
     except Exception as e:  # noqa: BLE001 - any compilation failure means: stay eager
         inner = getattr(e, "inner_exception", None) or e
         text = str(inner).strip()
@@ -301,10 +303,10 @@ def _run_kernel(kernel: _Kernel, args) -> bool:
         else:
             _FAILED_CHAINS.add((kernel.spec[0], device_type, kernel.spec[-1]))
             _warn(f"could not compile the chain {kernel.spec[0]} ({reason})")
-        return False
+        return None
     kernel.compile_s = time.perf_counter() - t0
     kernel.ran = True
-    return True
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,9 +588,14 @@ class FlatEngine:
         if lr is not None:
             values.append(float(lr))
             i = 2
+        collectors = []  # a transform's dict of lists for per-step results (Prodigy's sums)
         for s in scalars:
             tn = []
             for n, v in s.items():
+                if isinstance(v, dict):  # the kernel fills a fresh one; appended to v below
+                    tn.append((n, tuple(v)))
+                    collectors.append(v)
+                    continue
                 tn.append((n, i))
                 values.append(float(v))
                 i += 1
@@ -606,7 +613,11 @@ class FlatEngine:
                 vec = vec.to(b.device, non_blocking=True)
             # separate 0-d inputs: a 0-d slice of one dynamic-size input trips up foreach ops
             vec = vec.unbind()
-            if _run_kernel(kernel, (*b.kernel_args[:3], vec, b.kernel_args[3])):
+            out = _run_kernel(kernel, (*b.kernel_args[:3], vec, b.kernel_args[3]))
+            if out is not None:
+                for host_dict, got in zip(collectors, out):
+                    for k, items in got.items():
+                        host_dict[k].extend(items)
                 b.step = step
                 return True
         for st in b.states:  # not compiled: undo this step's bookkeeping, the eager path redoes it

@@ -27,8 +27,10 @@ Each step reads two sums back to the host once per group (one device sync).
 optimlab options: clipping, ``l2``, ``decay_mask`` (applies to ``weight_decay``),
 ``independent_decay``, ``accumulate_steps``, ``skip_nonfinite`` and ``maximize`` work as
 everywhere; ``decoupled_decay`` and ``l1`` are refused (they would be scaled by ``lr``, a
-multiplier here, not by the step size ``d * lr``: use ``weight_decay``). The chains are not
-elementwise, so ``compile=True`` leaves them on the eager multi-tensor path.
+multiplier here, not by the step size ``d * lr``: use ``weight_decay``). With ``compile=True``
+each bucket is one compiled kernel that also returns its partial sums (25 M parameters,
+2 threads, same run: Prodigy 200 -> 50 ms per step, DAdaptAdam 217 -> 43 ms); with a
+``decay_mask`` they stay eager (see :mod:`optimlab.transforms.lr_free`).
 
 Example::
 

@@ -27,7 +27,14 @@ all parameters of a param group, so these transforms need the optimizer around t
 (:class:`optimlab.Prodigy`, :class:`optimlab.DAdaptAdam`): it keeps ``d`` and ``N`` in the param
 group, hands each bucket a place for its partial sums (``group["_d_sums"]``, a dict with lists
 ``"num"`` of ``(coefficient, [0-d tensors])`` and ``"den"`` of 0-d tensors) and updates ``d``
-once the group's buckets are done. They are not elementwise: they never run on flat buffers.
+once the group's buckets are done.
+
+With ``compile=True`` they run in the compiled flat kernel (``layerwise``: the sums are over the
+bucket's rows, padding excluded, see :class:`optimlab.core.Segments`); the kernel returns its
+partial sums, which the engine appends to ``group["_d_sums"]`` like the eager path's. With a
+``decay_mask`` they stay eager: selecting the decay per tensor in this kernel crashes Inductor
+2.13's CPU code generator (a KeyError in its outer-loop fusion), with ``torch.where`` and with a
+product alike.
 """
 
 from __future__ import annotations
@@ -57,6 +64,16 @@ def _sums(xs: list) -> list:
     return [x.sum() for x in xs]
 
 
+def _total(u, x):
+    """On the flat path: the sum of ``x`` over every entry of the bucket's tensors (a 0-d tensor)."""
+    return u.segments.sum(x).sum()
+
+
+def _decayed(u, new, wd):
+    """On the flat path: ``new + wd * p`` (unmasked: a masked chain stays eager, see below)."""
+    return new + u.params[0] * wd
+
+
 def _add_decay(u, new: list, mask, wd) -> None:
     """``new <- new + wd * p`` on the parameters ``mask`` keeps."""
     idx = u.select(mask)
@@ -76,6 +93,7 @@ class scale_by_prodigy(Transform):
     mask: Any = None
     hyperparameters = ("lr", "betas", "beta3", "eps", "weight_decay", "d0")
     elementwise = False
+    layerwise = True
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_avg_sq": _zeros(p), "s": _zeros(p),
@@ -91,6 +109,9 @@ class scale_by_prodigy(Transform):
                 "d*eps": d * group["eps"], "dlr": dlr, "wd": group["weight_decay"], "sums": group["_d_sums"]}
 
     def update(self, u, s):
+        if u.segments is not None:  # the flat compiled path
+            self._flat(u, s)
+            return
         g, p = u.updates, u.params
         m, v, sk, p0 = (u.state[k] for k in ("exp_avg", "exp_avg_sq", "s", "p0"))
         moved = torch._foreach_sub(p0, p)
@@ -112,6 +133,19 @@ class scale_by_prodigy(Transform):
         scale_(new, s["dlr"])
         u.replace(new, fresh=True)
 
+    def _flat(self, u, s):
+        (g,), (p,) = u.updates, u.params
+        m, v, sk, p0 = (u.state[k][0] for k in ("exp_avg", "exp_avg_sq", "s", "p0"))
+        s["sums"]["num"].append((1.0, [_total(u, (p0 - p) * g) * s["num_coef"]]))
+        m.mul_(s["b1"]).add_(g * s["(1-b1)d"])
+        v.mul_(s["b2"]).add_(g * g * s["(1-b2)d^2"])
+        sk.mul_(s["b3"]).add_(g * s["s_coef"])
+        s["sums"]["den"].append(_total(u, sk.abs()))
+        new = m / (v.sqrt() + s["d*eps"])
+        if self.decouple:
+            new = _decayed(u, new, s["wd"])
+        u.replace([new * s["dlr"]], fresh=True)
+
 
 def prodigy_beta3(group) -> float:
     """Prodigy's ``beta3``: the group's, or ``sqrt(betas[1])`` when it is None."""
@@ -131,6 +165,7 @@ class scale_by_dadapt_adam(Transform):
     mask: Any = None
     hyperparameters = ("lr", "betas", "eps", "weight_decay")
     elementwise = False
+    layerwise = True
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_avg_sq": _zeros(p), "s": _zeros(p)}
@@ -144,6 +179,9 @@ class scale_by_dadapt_adam(Transform):
                 "wd*dlr": group["weight_decay"] * dlr, "sums": group["_d_sums"]}
 
     def update(self, u, s):
+        if u.segments is not None:  # the flat compiled path
+            self._flat(u, s)
+            return
         g = u.updates
         m, v, sk = (u.state[k] for k in ("exp_avg", "exp_avg_sq", "s"))
         denom = torch._foreach_sqrt(v)
@@ -166,3 +204,16 @@ class scale_by_dadapt_adam(Transform):
         if self.decouple:
             _add_decay(u, new, self.mask, s["wd*dlr"])
         u.replace(new, fresh=True)
+
+    def _flat(self, u, s):
+        (g,) = u.updates
+        m, v, sk = (u.state[k][0] for k in ("exp_avg", "exp_avg_sq", "s"))
+        s["sums"]["num"].append((1.0, [_total(u, sk / (v.sqrt() + s["eps"]) * g) * s["dlr"]]))
+        m.mul_(s["b1"]).add_(g * s["(1-b1)dlr"])
+        v.mul_(s["b2"]).add_(g * g * s["1-b2"])
+        sk.mul_(s["sb2"]).add_(g * s["(1-sb2)dlr"])
+        s["sums"]["den"].append(_total(u, sk.abs()))
+        new = m / (v.sqrt() + s["eps"])
+        if self.decouple:
+            new = _decayed(u, new, s["wd*dlr"])
+        u.replace([new], fresh=True)
