@@ -217,6 +217,10 @@ NEW_ALGOS = {
     "lamb": (4, 3, "Lamb", {}),                              # layer-wise (per-tensor norms)
     "lars": (3, 2, "LARS", {}),
     "novograd": (3, 2, "NovoGrad", {}),                      # (+ one scalar per tensor)
+    "schedule-free-sgd": (3, 2, "ScheduleFreeSGD", {}),      # p(=y) g z -> p z
+    "schedule-free-adamw": (4, 3, "ScheduleFreeAdamW", {}),  # p(=y) g z v -> p z v
+    "prodigy": (6, 4, "Prodigy", {}),                        # p g m v s p0 -> p m v s (+ 2 sums)
+    "dadapt-adam": (5, 4, "DAdaptAdam", {}),                 # p g m v s -> p m v s (+ 2 sums)
 }
 ADAM_ARRAYS = 7
 BUS_TARGET, PO_TARGET = 0.80, 3.0
@@ -290,7 +294,7 @@ def bench_new(name: str, layout: str, shapes, repeats: int) -> dict:
 
 
 def new_header() -> str:
-    head = (f"{'algorithm':10s} {'ours':>8s} {'adam':>8s} {'po':>8s} {'B/p':>4s} {'GB/s':>6s} {'adam':>6s} "
+    head = (f"{'algorithm':19s} {'ours':>8s} {'adam':>8s} {'po':>8s} {'B/p':>4s} {'GB/s':>6s} {'adam':>6s} "
             f"{'bus':>5s}   {'vs po':>6s}   {'po/ideal':>8s}  {'first s':>7s}  path")
     return head + "\n" + "-" * len(head)
 
@@ -302,7 +306,7 @@ def new_row(r: dict) -> str:
     vs_flag = " !" if r["vs_po"] is not None and r["vs_po"] < PO_TARGET else "  "
     bound = f"{r['po_bound']:8.2f}" if r["po_bound"] is not None else f"{'-':>8s}"
     path = ("compiled" if r["flat"] else "eager") + ("" if r["elementwise"] else " (layer-wise)")
-    return (f"{r['algo']:10s} {r['ms']['ours']:8.2f} {r['ms']['adam']:8.2f} {po} {r['bytes_per_param']:4d} "
+    return (f"{r['algo']:19s} {r['ms']['ours']:8.2f} {r['ms']['adam']:8.2f} {po} {r['bytes_per_param']:4d} "
             f"{r['gbs_ours']:6.1f} {r['gbs_adam']:6.1f} {r['bus']:5.2f}{bus_flag} {vs}{vs_flag} {bound}  "
             f"{r['first_s']:7.2f}  {path}")
 

@@ -66,7 +66,7 @@ def _sums(xs: list) -> list:
 
 def _total(u, x):
     """On the flat path: the sum of ``x`` over every entry of the bucket's tensors (a 0-d tensor)."""
-    return u.segments.sum(x).sum()
+    return u.segments.total(x)
 
 
 def _decayed(u, new, wd):
