@@ -38,6 +38,10 @@ count -- as a single ``torch.compile``'d call over flat buffers:
   parameter) becomes one vector per key. Inductor is told to recompute pointwise values rather
   than store them (``_backend_recompute``), so the step is two passes over memory: one that
   reads to reduce, one that updates.
+* **Collectors.** A transform may put a dict of lists among its scalars, for per-step results
+  the optimizer needs on the host (Prodigy's and D-Adapt's partial sums): the kernel fills a
+  fresh dict with the same keys and returns it, and the engine appends its items to the
+  original, as the eager path would have.
 * **Validation.** Each step checks, per parameter, that ``p.data`` still points into the flat
   buffer and that ``state[p]`` still holds the flat views; anything else (``model.to()``,
   ``p.data = ...``, a parameter whose first gradient just arrived, step counts that diverged
