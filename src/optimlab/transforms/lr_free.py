@@ -64,11 +64,6 @@ def _sums(xs: list) -> list:
     return [x.sum() for x in xs]
 
 
-def _total(u, x):
-    """On the flat path: the sum of ``x`` over every entry of the bucket's tensors (a 0-d tensor)."""
-    return u.segments.total(x)
-
-
 def _decayed(u, new, wd):
     """On the flat path: ``new + wd * p`` (unmasked: a masked chain stays eager, see below)."""
     return new + u.params[0] * wd
@@ -136,11 +131,11 @@ class scale_by_prodigy(Transform):
     def _flat(self, u, s):
         (g,), (p,) = u.updates, u.params
         m, v, sk, p0 = (u.state[k][0] for k in ("exp_avg", "exp_avg_sq", "s", "p0"))
-        s["sums"]["num"].append((1.0, [_total(u, (p0 - p) * g) * s["num_coef"]]))
+        s["sums"]["num"].append((1.0, [u.segments.total((p0 - p) * g) * s["num_coef"]]))
         m.mul_(s["b1"]).add_(g * s["(1-b1)d"])
         v.mul_(s["b2"]).add_(g * g * s["(1-b2)d^2"])
         sk.mul_(s["b3"]).add_(g * s["s_coef"])
-        s["sums"]["den"].append(_total(u, sk.abs()))
+        s["sums"]["den"].append(u.segments.total(sk.abs()))
         new = m / (v.sqrt() + s["d*eps"])
         if self.decouple:
             new = _decayed(u, new, s["wd"])
@@ -208,11 +203,11 @@ class scale_by_dadapt_adam(Transform):
     def _flat(self, u, s):
         (g,) = u.updates
         m, v, sk = (u.state[k][0] for k in ("exp_avg", "exp_avg_sq", "s"))
-        s["sums"]["num"].append((1.0, [_total(u, sk / (v.sqrt() + s["eps"]) * g) * s["dlr"]]))
+        s["sums"]["num"].append((1.0, [u.segments.total(sk / (v.sqrt() + s["eps"]) * g) * s["dlr"]]))
         m.mul_(s["b1"]).add_(g * s["(1-b1)dlr"])
         v.mul_(s["b2"]).add_(g * g * s["1-b2"])
         sk.mul_(s["sb2"]).add_(g * s["(1-sb2)dlr"])
-        s["sums"]["den"].append(_total(u, sk.abs()))
+        s["sums"]["den"].append(u.segments.total(sk.abs()))
         new = m / (v.sqrt() + s["eps"])
         if self.decouple:
             new = _decayed(u, new, s["wd*dlr"])
