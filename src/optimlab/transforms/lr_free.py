@@ -65,7 +65,8 @@ def _sums(xs: list) -> list:
 
 
 def _decayed(u, new, wd):
-    """On the flat path: ``new + wd * p`` (unmasked: a masked chain stays eager, see below)."""
+    """On the flat path: ``new + wd * p`` (unmasked: a masked chain stays eager, see the module
+    docstring)."""
     return new + u.params[0] * wd
 
 

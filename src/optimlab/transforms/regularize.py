@@ -33,6 +33,13 @@ def _selected(u: Updates, s: dict):
     return u.segments.expand(s["selected"])
 
 
+def _add_selected_decay(u: Updates, s: dict) -> None:
+    """On the flat path: ``u <- u + wd * p`` on the tensors the mask selects (add_l2 and
+    add_decayed_weights differ only in where they sit in a chain)."""
+    (x,), (p,) = u.updates, u.params
+    u.replace([x + torch.where(_selected(u, s), p * s["wd"], 0)], fresh=True)
+
+
 def _pick(u: Updates, mask, lists):
     """The masked sub-lists (the lists themselves when there is no mask)."""
     if mask is None:
@@ -58,8 +65,7 @@ class add_l2(Transform):
 
     def update(self, u, s):
         if self.mask is not None and u.segments is not None:
-            (x,), (p,) = u.updates, u.params
-            u.replace([x + torch.where(_selected(u, s), p * s["wd"], 0)], fresh=True)
+            _add_selected_decay(u, s)
             return
         if self.mask is None:
             # out-of-place: also the first copy of the user's gradient
@@ -88,8 +94,7 @@ class add_decayed_weights(Transform):
 
     def update(self, u, s):
         if self.mask is not None and u.segments is not None:
-            (x,), (p,) = u.updates, u.params
-            u.replace([x + torch.where(_selected(u, s), p * s["wd"], 0)], fresh=True)
+            _add_selected_decay(u, s)
             return
         ups = u.mutable()
         sel_u, sel_p = _pick(u, self.mask, [ups, u.params])
