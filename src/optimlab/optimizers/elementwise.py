@@ -224,8 +224,10 @@ class Adan(_Family):
     Differs from optax's ``adan``, which weights ``d`` by ``1 - b2`` (0.08) instead of ``b2``
     (0.92) in ``n`` and in the update -- against its own documented equations (optax pull
     request #1715) -- and adds ``eps_root=1e-8`` inside the square root (the authors' code has
-    none). Weight decay is decoupled (optax; the authors' ``no_prox=True`` variant);
-    pytorch_optimizer's ``Adan`` couples it by default and clips gradients. Defaults: optax's
+    none). Weight decay is decoupled (optax; the authors' ``no_prox=True`` variant); the authors'
+    default ``no_prox=False`` and pytorch_optimizer's default ``weight_decouple=False`` apply it
+    proximally instead, ``p <- p / (1 + lr weight_decay)`` after the step. Neither clips gradients
+    by default (both have ``max_grad_norm=0``). Defaults: optax's
     betas and ``weight_decay=0``; ``lr=3e-3`` rather than the authors' code's 1e-3: Adan's
     slow first moment (``b1=0.98``) makes 1e-3 reach the ``digits-cnn`` target only near the
     end of its budget, and the paper reports Adan tolerating larger learning rates than Adam.

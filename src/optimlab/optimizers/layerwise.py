@@ -32,9 +32,11 @@ class LAMB(_Family):
         r = m_hat / (sqrt(v_hat) + eps) + weight_decay p
         p <- p - lr (||p|| / ||r||) r              (ratio 1 where ||p|| or ||r|| is 0)
 
-    As in optax and the paper's Algorithm 2 (not pytorch_optimizer's ``Lamb``, which by default
-    clips the global gradient norm to 1, averages gradients without bias correction options of
-    its own and clamps the trust ratio at 10). ``cautious=True`` masks Adam's direction before
+    As in optax and the paper's Algorithm 2. pytorch_optimizer's ``Lamb`` differs by default: no
+    bias correction, decay applied to ``p`` before the step and outside the ratio
+    (``weight_decouple=True``), and ``||p||`` clamped at 10 in the ratio; it does not clip
+    (its ``max_grad_norm=1`` rescales gradients only with ``pre_norm=True``, off by default).
+    ``cautious=True`` masks Adam's direction before
     the decay and the trust ratio. Defaults are optax's (``eps=1e-6``, ``weight_decay=0``) with
     ``lr=5e-3``: the trust ratio makes each tensor move by ``lr`` times its own norm per step, so
     Adam's 1e-3 is far too timid on a small net (``digits-cnn``: 84 % test accuracy, target
@@ -71,6 +73,9 @@ class LARS(_Family):
         b <- momentum b + lr (trust_coefficient ||p|| / (||r|| + eps)) r     (ratio 1 where a norm is 0)
         p <- p - b                      (nesterov: p <- p - (lr ... r + momentum b))
 
+    The trust ratio is optax's, ``||p|| / ||g + weight_decay p||``, not the paper's
+    ``||p|| / (||g|| + weight_decay ||p||)`` (the two agree without weight decay; with it optax's
+    ratio is the larger, as ``||g + wd p|| <= ||g|| + wd ||p||``).
     The learning rate sits inside the momentum (the paper's Algorithm 1 and optax), so a change of
     ``lr`` affects new steps only, and the ``l1`` and ``decoupled_decay`` options act unscaled (as
     for Rprop). pytorch_optimizer's ``LARS`` instead applies the ratio only to tensors with more

@@ -117,6 +117,10 @@ class SOAP(Optimizer):
     ``max_precond_dim``: longer dims are not rotated (vectors, scalars and tensors with no
     dim short enough get plain Adam); ``weight_decay`` is decoupled, applied after the step;
     ``correct_bias``: Adam's bias correction. Defaults are the paper's.
+    The first step only sets up the eigenbases of tensors that have a preconditioned dim; tensors
+    without one (biases, norms, scalars) move from the first step, by plain Adam with the counter
+    ``t = 1``. The authors' code skips the first step for every parameter, so there those tensors
+    move one step later (their Adam counter one step behind ours).
     Example: ``optimlab.SOAP(model.parameters(), lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01)``.
     """
 

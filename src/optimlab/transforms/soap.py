@@ -22,7 +22,8 @@ decomposition, its columns first sorted by the estimated eigenvalues ``diag(Q_i^
 This is the authors' reference implementation (github.com/nikhilvyas/SOAP) without its
 dimension merging and 1-D preconditioning; the QR runs in the parameter's dtype. A tensor with
 no preconditioned dim (vectors, scalars, every dim > ``max_precond_dim``) is updated by plain
-Adam with the same ``c_t``, from the first step.
+Adam with the same ``c_t``, from the first step -- where the authors' code skips the first step
+for every parameter, these tensors included (there they move one step later).
 """
 
 from __future__ import annotations
