@@ -42,10 +42,18 @@ def test_single_tensor_instead_of_list():
         optimlab.SGD(torch.nn.Parameter(torch.ones(2)), lr=0.1)
 
 
-def test_parameter_listed_twice_in_a_group():
+def test_parameter_listed_twice_in_a_group_warns_like_torch():
+    """torch warns (and steps the parameter once per listing); scripts that ran under torch run."""
     w = torch.nn.Parameter(torch.ones(3))
-    with pytest.raises(ValueError, match="appears twice"):
-        optimlab.SGD([w, w], lr=0.1)
+    w_ref = torch.nn.Parameter(torch.ones(3))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = optimlab.SGD([w, w], lr=0.1)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        ref = torch.optim.SGD([w_ref, w_ref], lr=0.1)
+    for p, o in ((w, opt), (w_ref, ref)):
+        p.grad = torch.tensor([1.0, 2.0, 3.0])
+        o.step()
+    torch.testing.assert_close(w, w_ref)
 
 
 def test_parameter_in_two_groups():
@@ -54,10 +62,14 @@ def test_parameter_in_two_groups():
         optimlab.SGD([{"params": [w]}, {"params": [w]}], lr=0.1)
 
 
-def test_group_with_unknown_key():
+def test_group_keeps_keys_it_does_not_read():
+    """torch keeps any key in a param group (frameworks store their own tags there)."""
     w = torch.nn.Parameter(torch.ones(3))
-    with pytest.raises(ValueError, match=r"unknown key.*'lrr'"):
-        optimlab.Adam([{"params": [w], "lrr": 0.1}])
+    opt = optimlab.Adam([{"params": [w], "my_tag": "encoder"}])
+    assert opt.param_groups[0]["my_tag"] == "encoder"
+    w.grad = torch.ones(3)
+    opt.step()
+    assert opt.state_dict()["param_groups"][0]["my_tag"] == "encoder"
 
 
 def test_unknown_keyword_argument():

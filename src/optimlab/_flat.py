@@ -389,7 +389,7 @@ class _Bucket:
                  "grad_views", "rows", "numel", "device", "dtype", "kernel_args", "__weakref__")
 
     def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
-                 per_tensor: frozenset = frozenset(), masks: list = ()):
+                 per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
         must not show up in ``p.grad``). ``layerwise``: lay the tensors out in rows of ``ROW``
@@ -399,7 +399,7 @@ class _Bucket:
         the chain's masked transforms, evaluated here once per tensor."""
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
-        self.step = states[0]["step"]
+        self.step = step
         self.device, self.dtype = p0.device, p0.dtype
         numels = [p.numel() for p in params]
         offs, total = _offsets(numels, p0.element_size(), ROW if layerwise else 1)
@@ -466,9 +466,9 @@ class _Bucket:
     def check(self, opt) -> tuple[bool, list[int], list[int]]:
         """Still valid? Plus which parameters have no gradient, and which gradients (not our
         views) need copying in. Runs every step: keep it lean."""
-        step = self.states[0]["step"]
+        step = opt._step_of(self.params[0], self.states[0])
         if step != self.step:  # the eager path stepped this bucket (all of it: see step_group)
-            if any(st["step"] != step for st in self.states):
+            if any(opt._step_of(p, st) != step for p, st in zip(self.params, self.states)):
                 return False, [], []
             self.step = step
         grad_of = None if opt.accumulate_steps == 1 else opt._grad
@@ -583,8 +583,7 @@ class FlatEngine:
             except RuntimeError:
                 return False
         step = b.step + 1
-        for st in b.states:
-            st["step"] = step
+        opt._set_steps(b.params, b.states, step)
         # host-side scalar state (NAdam's mu_product ...) advances in _scalars: keep it to undo
         host = [(k, [st.get(k) for st in b.states]) for t in chain for k in t.host_keys]
         scalars = opt._scalars(chain, group, step, b.states)
@@ -624,8 +623,8 @@ class FlatEngine:
                         host_dict[k].extend(items)
                 b.step = step
                 return True
-        for st in b.states:  # not compiled: undo this step's bookkeeping, the eager path redoes it
-            st["step"] = step - 1
+        # not compiled: undo this step's bookkeeping, the eager path redoes it
+        opt._set_steps(b.params, b.states, step - 1)
         for k, values in host:
             for st, v in zip(b.states, values):
                 st[k] = v
@@ -639,7 +638,7 @@ class FlatEngine:
         if list(map(id, params)) != lay.param_ids:
             return False
         state = opt.state
-        return not any("step" in state.get(params[i], ()) for i in lay.stateless)
+        return not any(opt._step_of(params[i], state.get(params[i], {})) is not None for i in lay.stateless)
 
     def _build(self, opt, group: dict, chain) -> _Layout | None:
         """(Re)build the group's flat layout from the current parameters and state."""
@@ -658,8 +657,9 @@ class FlatEngine:
         keyed: dict[tuple, list[int]] = {}
         outside, stateless = [], []
         for i, p in enumerate(group["params"]):
-            st = opt.state.get(p)
-            if not st or "step" not in st:
+            st = opt.state.get(p, {})
+            step = opt._step_of(p, st)
+            if step is None:
                 outside.append(i)
                 stateless.append(i)
                 continue
@@ -672,7 +672,7 @@ class FlatEngine:
                 continue
             # as the eager path buckets: same step count and host-side history (NAdam's product)
             host = tuple(st.get(k) for t in chain for k in t.host_keys)
-            key = (p.device, p.dtype, st["step"], host, keys, tuple(st[k].dtype for k in keys))
+            key = (p.device, p.dtype, step, host, keys, tuple(st[k].dtype for k in keys))
             keyed.setdefault(key, []).append(i)
         if opt.compile is None and not group.get("fused"):  # automatic: large buckets only
             for key, idx in list(keyed.items()):
@@ -680,11 +680,12 @@ class FlatEngine:
                     outside.extend(keyed.pop(key))
             outside.sort()
         buckets = []
-        for (_, _, _, _, keys, _), idx in keyed.items():
+        for (_, _, step, _, keys, _), idx in keyed.items():
             params = [group["params"][i] for i in idx]
             buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
-                                   [opt.state[p] for p in params], keys, opt.accumulate_steps == 1,
-                                   layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain)))
+                                   [opt.state.get(p, {}) for p in params], keys, opt.accumulate_steps == 1,
+                                   layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain),
+                                   step=step))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
         self._layouts[id(group)] = lay
         return lay

@@ -100,6 +100,12 @@ def stored_like_torch(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def step_dtype() -> torch.dtype:
+    """The dtype of torch.optim's ``state["step"]`` tensors: float32, or float64 when that is
+    the default dtype."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 def apply_updates(params: list[Tensor], updates: list[Tensor], lr: Scalar | None) -> None:
     """The one place the sign flip happens: ``p <- p - lr * u`` (``p <- p - u`` if ``lr`` is None)."""
     if lr is None:
@@ -391,7 +397,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._fixed_chain = tuple(transforms) if transforms is not None else None
         self.lr_key = lr_key
         self.compile = compile
+        self._counts: dict[Tensor, int] = {}  # step counts where torch keeps none (state_step=False)
         defaults = {**self._common_defaults, **(defaults or {})}
+        # hyperparameters first (torch checks them before the parameters)
+        self.check_group({**defaults, "params": []})
         if isinstance(params, Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of Tensors or "
@@ -435,12 +444,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
-        unknown = set(param_group) - set(self.defaults) - _BOOKKEEPING_KEYS
-        if unknown:
-            raise ValueError(
-                f"param group has unknown key(s) {sorted(unknown)} for {type(self).__name__}; "
-                f"known hyperparameters: {sorted(self.defaults)}"
-            )
+        # keys the optimizer does not read are kept, as torch keeps them (frameworks and users
+        # store their own tags there); see the README's "where optimlab differs from torch"
         params = param_group.get("params")
         if params is None:
             raise ValueError("param group has no 'params' entry")
@@ -449,9 +454,6 @@ class ChainOptimizer(torch.optim.Optimizer):
         elif isinstance(params, set):
             raise TypeError("optimizer parameters must be an ordered collection (a list), not a set")
         params = list(params)
-        if not params:
-            raise ValueError("optimizer got a param group with an empty parameter list")
-        seen: set[int] = set()
         for entry in params:
             p = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
             if not isinstance(p, Tensor):
@@ -459,13 +461,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                     f"optimizer can only optimize Tensors, but one of the params is "
                     f"{torch.typename(p)}: {p!r:.60}"
                 )
-            if id(p) in seen:
-                name = entry[0] if isinstance(entry, tuple) else None
-                raise ValueError(
-                    f"parameter {name or tuple(p.shape)} appears twice in one param group; "
-                    "list each parameter once (tied weights are one parameter)"
-                )
-            seen.add(id(p))
+        # an empty group is accepted, as torch accepts it (ZeRO hands a rank a group with none of
+        # its parameters); a parameter listed twice gets torch's warning (from torch's method)
         param_group = {**param_group, "params": params}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -477,13 +474,17 @@ class ChainOptimizer(torch.optim.Optimizer):
             raise
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch's load_state_dict ends here too (before the load post-hooks run): the loaded
+        # state is made runnable in _tidy_state, so a post-hook sees it as step() will
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("compile", False)
         self.__dict__.setdefault("_micro", 0)
+        self.__dict__.setdefault("_counts", {})
         self._step_info = {}
         self._last_chains = {}
         self._engine = None
+        self._tidy_state()
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -491,30 +492,96 @@ class ChainOptimizer(torch.optim.Optimizer):
         state["_engine"] = None
         return state
 
-    # -- state_dict: keep the skipped-step counter, accept torch.optim's tensor steps -------------
+    # -- state_dict: torch's format; optimlab's extras under one key torch ignores --------------
+    #: whether per-parameter state holds torch's ``step`` (a 0-d tensor). torch's SGD and Muon
+    #: keep no count; for them (False) the counts live in ``_counts`` and the state_dict's
+    #: ``"optimlab"`` entry.
+    state_step = True
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["optimlab"] = {"skipped_steps": self.skipped_steps, "micro_steps": self._micro}
+        extra: dict[str, Any] = {"skipped_steps": self.skipped_steps, "micro_steps": self._micro}
+        if not self.state_step:
+            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            extra["steps"] = {index[id(p)]: n for p, n in self._counts.items() if id(p) in index}
+        sd["optimlab"] = extra
+        # host-side scalar state (NAdam's mu_product, ASGD's eta and mu) is a 0-d tensor in torch
+        host = {k for g in self.param_groups for t in self._chain(g) for k in t.host_keys}
+        if host:
+            sd["state"] = {
+                i: {k: torch.tensor(v, dtype=step_dtype()) if k in host and not isinstance(v, Tensor) else v
+                    for k, v in st.items()} if isinstance(st, dict) else st
+                for i, st in sd["state"].items()
+            }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        extra = state_dict.get("optimlab", {})
-        state_dict = {k: v for k, v in state_dict.items() if k != "optimlab"}
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:  # a torch.optim state_dict lacks optimlab's options
+        """torch's ``load_state_dict``; also takes torch.optim's state_dicts (and int steps)."""
+        self._loading = state_dict.get("optimlab", {})
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._loading = None
+
+    def _tidy_state(self) -> None:
+        """Make loaded (or unpickled) state runnable: optimlab's options that a torch.optim
+        state_dict lacks get their defaults, steps become tensors (torch's ``__setstate__``
+        does the same), ``None`` entries (torch's SGD buffers before the first step) go."""
+        extra = self.__dict__.get("_loading")
+        for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
             self.check_group(group)
-        self.skipped_steps = extra.get("skipped_steps", 0)
-        self._micro = extra.get("micro_steps", 0)
-        for st in self.state.values():  # a torch.optim state_dict:
-            if isinstance(st.get("step"), Tensor):  # steps are tensors there
-                st["step"] = int(st["step"].item())
-            for k in [k for k, v in st.items() if v is None]:  # SGD's momentum_buffer=None
+        params = [p for g in self.param_groups for p in g["params"]]
+        if extra is not None:
+            self.skipped_steps = extra.get("skipped_steps", 0)
+            self._micro = extra.get("micro_steps", 0)
+            self._counts = {}
+            steps = {int(i): int(n) for i, n in extra.get("steps", {}).items()}
+            for i, p in enumerate(params):
+                if i in steps:
+                    self._counts[p] = steps[i]
+        host = {k for g in self.param_groups for t in self._chain(g) for k in t.host_keys}
+        for p in params:
+            st = self.state.get(p)
+            if not isinstance(st, dict):
+                continue
+            for k in host:
+                if isinstance(st.get(k), Tensor):  # torch's 0-d tensor -> the host-side float
+                    st[k] = st[k].item()
+            for k in [k for k, v in st.items() if v is None]:
                 del st[k]
-            if st and "step" not in st:  # SGD keeps no count: its state has started
-                st["step"] = 1
-        self._engine = None
+            step = st.get("step")
+            if self.state_step:
+                if step is not None and not isinstance(step, Tensor):
+                    st["step"] = torch.tensor(float(step), dtype=step_dtype())
+                elif st and step is None:  # state from an optimizer that keeps no count
+                    st["step"] = torch.tensor(1.0, dtype=step_dtype())
+            else:
+                if step is not None:  # a checkpoint that kept the count in the state
+                    self._counts[p] = int(st.pop("step"))
+                elif st and p not in self._counts:  # torch's SGD: its state has started
+                    self._counts[p] = 1
+
+    # -- step counts ----------------------------------------------------------------------------
+    def _step_of(self, p: Tensor, st: dict) -> int | None:
+        """How many steps ``p`` has taken (None: its state does not exist yet)."""
+        if not self.state_step:
+            return self._counts.get(p)
+        step = st.get("step")
+        return None if step is None else int(step)
+
+    def _set_steps(self, params: list[Tensor], states: list[dict], step: int) -> None:
+        if not self.state_step:
+            for p in params:
+                self._counts[p] = step
+            return
+        for st in states:
+            t = st.get("step")
+            if isinstance(t, Tensor):
+                t.fill_(step)
+            else:
+                st["step"] = torch.tensor(float(step), dtype=step_dtype())
 
     # -- the step -------------------------------------------------------------------------------
     def _chain(self, group: dict) -> tuple[Transform, ...]:
@@ -524,24 +591,40 @@ class ChainOptimizer(torch.optim.Optimizer):
         if self.lr_key is None:
             return None
         lr = group[self.lr_key]
-        return lr.item() if isinstance(lr, Tensor) else lr
+        if isinstance(lr, Tensor):  # a tensor lr on the graph stays one (differentiable=True)
+            return lr if lr.requires_grad and torch.is_grad_enabled() else lr.item()
+        return lr
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
-        """Perform one optimization step; returns the closure's loss (if a closure is given)."""
+        """Perform one optimization step; returns the closure's loss (if a closure is given).
+
+        With ``differentiable=True`` the update is recorded by autograd (torch's rule: the step
+        runs with gradients enabled, on the per-tensor eager path), so meta-learning code can
+        differentiate through it; otherwise it runs under ``no_grad``."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.accumulate_steps > 1 and not self._accumulate():
+        if not self.defaults.get("differentiable", False):
+            with torch.no_grad():
+                self._step()
             return loss
+        # the transforms update state in place; autograd keeps a copy of every value it saves
+        # for the backward pass as it is saved, so later in-place writes cannot invalidate it
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep_copy, _same):
+            self._step()
+        return loss
+
+    def _step(self) -> None:
+        if self.accumulate_steps > 1 and not self._accumulate():
+            return
         if self._prestep():
             for group in self.param_groups:
                 self._step_group(group)
         if self.accumulate_steps > 1:
             for st in self.state.values():
-                st.pop("grad_accum", None)
-        return loss
+                if isinstance(st, dict):
+                    st.pop("grad_accum", None)
 
     def _accumulate(self) -> bool:
         """Add this micro-step's gradients to ``state[p]['grad_accum']``; True once
@@ -561,7 +644,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             return False
         self._micro = 0
         for st in self.state.values():
-            if "grad_accum" in st:
+            if isinstance(st, dict) and "grad_accum" in st:
                 st["grad_accum"].div_(k)
         return True
 
@@ -598,12 +681,20 @@ class ChainOptimizer(torch.optim.Optimizer):
                     "torch.optim.SparseAdam for sparse embeddings"
                 )
             st = self.state[p]
-            if "step" not in st or changed:
-                st.setdefault("step", 0)
+            step = self._step_of(p, st)
+            if step is None and st and not self.state_step:
+                step = 1  # state given without a count (SGD's buffer, torch's rule): it has started
+                self._set_steps([p], [st], 1)
+            if step is None or changed:
+                if step is None:
+                    step = 0
+                    self._set_steps([p], [st], 0)
                 for t in chain:
                     for k, v in t.init(p, group).items():
                         st.setdefault(k, v)
-            key = (st["step"], *(st.get(k) for t in chain for k in t.host_keys))
+                if not st:  # nothing to keep (SGD without momentum): torch keeps no entry
+                    del self.state[p]
+            key = (step, *(st.get(k) for t in chain for k in t.host_keys))
             b = buckets.setdefault(key, ([], [], [], []))
             b[0].append(p)
             b[1].append(g)
@@ -612,7 +703,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         return chain, buckets
 
     def _step_group(self, group: dict) -> None:
-        if self.compile is not False or group.get("fused"):
+        if (self.compile is not False or group.get("fused")) and not group.get("differentiable"):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
             group = self._flat_engine().step_group(self, group)
             if group is None:
@@ -621,10 +712,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         maximize = group.get("maximize", False)
         lr = self._lr(group)
         for (step, *_), (params, grads, states, names) in buckets.items():
-            for st in states:
-                st["step"] = step + 1
+            self._set_steps(params, states, step + 1)
             keys = dict.fromkeys(k for st in states for k in st if k not in _ENGINE_KEYS)
             state = {k: [st.get(k) for st in states] for k in keys}
+            if any(p.is_complex() for p in params):  # torch's rule: a complex tensor is its real view
+                params, grads = _real_views(params), _real_views(grads)
+                state = {k: _real_views(v) for k, v in state.items()}
             u = Updates(params, grads, state, names, step + 1)
             if maximize:
                 u.replace(torch._foreach_neg(grads), fresh=True)
@@ -656,6 +749,19 @@ class ChainOptimizer(torch.optim.Optimizer):
                 for st in states[1:]:
                     st[k] = states[0][k]
         return out
+
+
+def _keep_copy(t: Tensor) -> Tensor:
+    return t.clone()
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
+def _real_views(xs: list) -> list:
+    """Complex tensors as their real views (``torch.view_as_real``; writes go through)."""
+    return [torch.view_as_real(x) if isinstance(x, Tensor) and x.is_complex() else x for x in xs]
 
 
 #: per-parameter state the engine itself keeps (not handed to transforms)

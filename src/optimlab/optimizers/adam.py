@@ -57,3 +57,8 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, **options)
+
+    def _tidy_state(self):
+        for group in self.param_groups:  # as torch's AdamW: a loaded Adam state_dict stays AdamW
+            group["decoupled_weight_decay"] = True
+        super()._tidy_state()

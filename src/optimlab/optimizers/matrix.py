@@ -46,7 +46,7 @@ __all__ = ["Adafactor", "Muon", "SparseAdam"]
 def _real_params(opt, group) -> None:
     for p in group["params"]:
         if torch.is_complex(p):
-            raise ValueError(f"{type(opt).__name__} does not support complex parameters "
+            raise RuntimeError(f"{type(opt).__name__} does not support complex parameters "
                              f"(got one of shape {tuple(p.shape)}); optimise view_as_real(p) instead")
 
 
@@ -108,6 +108,8 @@ class Muon(Optimizer):
     Like torch, every parameter must be a matrix (optimise the others with e.g. AdamW).
     Example: ``optimlab.Muon([p for p in model.parameters() if p.ndim == 2], lr=0.02)``.
     """
+
+    state_step = False  # torch keeps no step count for Muon
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, **options):

@@ -22,6 +22,8 @@ __all__ = ["SGD"]
 
 @register("sgd", torch_name="SGD")
 class SGD(Optimizer):
+    state_step = False  # torch keeps no step count for SGD
+
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None, **options):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,

@@ -17,6 +17,11 @@ from ..core import Transform, axpy_
 __all__ = ["scale_by_adam"]
 
 
+def _on_graph(x) -> bool:
+    """A hyperparameter given as a tensor that autograd differentiates (differentiable=True)."""
+    return isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+
+
 def _zeros(p):
     return torch.zeros_like(p, memory_format=torch.preserve_format)
 
@@ -38,7 +43,11 @@ class scale_by_adam(Transform):
         return st
 
     def scalars(self, group, step, host):
-        b1, b2 = (float(b) for b in group[self.betas_key])
+        b1, b2 = group[self.betas_key]
+        if _on_graph(b1) or _on_graph(b2):  # differentiable=True with betas to differentiate
+            return {"b1": b1, "1-b1": 1 - b1, "b2": b2, "1-b2": 1 - b2, "1/bc1": 1 / (1 - b1**step),
+                    "1/sqrt(bc2)": (1 - b2**step) ** -0.5, "eps": group[self.eps_key]}
+        b1, b2 = float(b1), float(b2)
         return {
             "b1": b1,
             "1-b1": 1.0 - b1,

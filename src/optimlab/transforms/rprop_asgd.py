@@ -41,10 +41,12 @@ class scale_by_rprop(Transform):
     hyperparameters = ("lr", "etas", "step_sizes")
 
     def init(self, p, group):
-        lr = group[self.lr_key]
+        lr = float(group[self.lr_key])
+        # a complex entry is two real ones (torch's rule): both parts start at lr
+        start = complex(lr, lr) if p.is_complex() else lr
         return {
             "prev": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "step_size": torch.full_like(p, float(lr), memory_format=torch.preserve_format),
+            "step_size": torch.full_like(p, start, memory_format=torch.preserve_format),
         }
 
     def scalars(self, group, step, host):
