@@ -97,7 +97,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import _ENGINE_KEYS, Segments, Updates, run_chain
+from .core import _ENGINE_KEYS, Segments, Updates, host_float, run_chain, store_host
 
 __all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "compile_stats"]
 
@@ -585,7 +585,7 @@ class FlatEngine:
         step = b.step + 1
         opt._set_steps(b.params, b.states, step)
         # host-side scalar state (NAdam's mu_product ...) advances in _scalars: keep it to undo
-        host = [(k, [st.get(k) for st in b.states]) for t in chain for k in t.host_keys]
+        host = [(k, [host_float(st.get(k)) for st in b.states]) for t in chain for k in t.host_keys]
         scalars = opt._scalars(chain, group, step, b.states)
         names, values, i = [], [float(step)], 1
         if lr is not None:
@@ -627,7 +627,8 @@ class FlatEngine:
         opt._set_steps(b.params, b.states, step - 1)
         for k, values in host:
             for st, v in zip(b.states, values):
-                st[k] = v
+                if v is not None:
+                    store_host([st], k, v)
         return False
 
     # -- layouts -------------------------------------------------------------------------------
@@ -654,6 +655,7 @@ class FlatEngine:
         opt._gather(group)  # initialises the state of parameters that just got their first gradient
         names = group.get("param_names")
         per_tensor = frozenset(k for t in chain for k in t.per_tensor_state)
+        host_keys = frozenset(k for t in chain for k in t.host_keys)
         keyed: dict[tuple, list[int]] = {}
         outside, stateless = [], []
         for i, p in enumerate(group["params"]):
@@ -663,7 +665,8 @@ class FlatEngine:
                 outside.append(i)
                 stateless.append(i)
                 continue
-            keys = tuple(k for k, v in st.items() if isinstance(v, Tensor) and k not in _ENGINE_KEYS)
+            keys = tuple(k for k, v in st.items()
+                         if isinstance(v, Tensor) and k not in _ENGINE_KEYS and k not in host_keys)
             if not _flattenable(p, st, keys, per_tensor):
                 outside.append(i)
                 continue
@@ -671,7 +674,7 @@ class FlatEngine:
                 outside.append(i)
                 continue
             # as the eager path buckets: same step count and host-side history (NAdam's product)
-            host = tuple(st.get(k) for t in chain for k in t.host_keys)
+            host = tuple(host_float(st.get(k)) for t in chain for k in t.host_keys)
             key = (p.device, p.dtype, step, host, keys, tuple(st[k].dtype for k in keys))
             keyed.setdefault(key, []).append(i)
         if opt.compile is None and not group.get("fused"):  # automatic: large buckets only

@@ -56,6 +56,7 @@ __all__ = [
     "axpy_",
     "scale_",
     "check_nonneg",
+    "invalid",
     "check_positive",
     "check_beta",
     "check_betas",
@@ -317,39 +318,49 @@ class Transform:
 # ---------------------------------------------------------------------------------------------
 # Argument checks (torch's messages, plus the fix).
 # ---------------------------------------------------------------------------------------------
+def invalid(name: str, value: Any, why: str) -> ValueError:
+    """torch's wording (``Invalid learning rate: -1``, ``Invalid weight_decay value: -1``, which
+    code and torch's own tests match on), followed by what a valid value is."""
+    label = {"lr": "learning rate", "eps": "epsilon value"}.get(name, f"{name} value")
+    return ValueError(f"Invalid {label}: {value} ({why})")
+
+
 def _num(name: str, value: Any) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"Invalid {name}: {value!r} (expected a number or a 1-element tensor)")
+            raise ValueError(f"Tensor {name} must be 1-element (got shape {tuple(value.shape)}); "
+                             "pass a number or a 1-element tensor")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Invalid {name}: {value!r} (expected a number, got {type(value).__name__})")
     if math.isnan(value):
-        raise ValueError(f"Invalid {name}: {value} (NaN)")
+        raise invalid(name, value, "NaN")
     return float(value)
 
 
 def check_nonneg(name: str, value: Any) -> None:
     if _num(name, value) < 0:
-        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+        raise invalid(name, value, "must be >= 0")
 
 
 def check_positive(name: str, value: Any) -> None:
     if _num(name, value) <= 0:
-        raise ValueError(f"Invalid {name}: {value} (must be > 0)")
+        raise invalid(name, value, "must be > 0")
 
 
 def check_beta(name: str, value: Any) -> None:
     v = _num(name, value)
     if not 0.0 <= v < 1.0:
-        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
+        raise invalid(name, value, "must be in [0, 1)")
 
 
 def check_betas(name: str, value: Any, n: int = 2) -> None:
     if not isinstance(value, (tuple, list)) or len(value) != n:
         raise ValueError(f"Invalid {name}: {value!r} (expected a tuple of {n} numbers in [0, 1))")
     for i, b in enumerate(value):
-        check_beta(f"{name}[{i}]", b)
+        if not 0.0 <= _num(f"{name}[{i}]", b) < 1.0:
+            what = "beta" if name == "betas" else name
+            raise ValueError(f"Invalid {what} parameter at index {i}: {b} (must be in [0, 1))")
 
 
 def check_int(name: str, value: Any, minimum: int = 0) -> None:
@@ -425,6 +436,13 @@ class ChainOptimizer(torch.optim.Optimizer):
     skip_nonfinite = False
     #: whether the chain handles sparse gradients (SparseAdam); others refuse them clearly
     sparse_gradients = False
+    #: whether sparse gradients are accepted by stepping with their dense form (SGD, Adagrad:
+    #: the same numbers as torch's sparse paths, at the cost of a dense pass over the parameter)
+    densify_sparse_gradients = False
+
+    def _check_sparse(self, g: Tensor, group: dict) -> Tensor:
+        """A sparse gradient about to be densified (subclasses refuse options torch refuses)."""
+        return g
 
     # -- what subclasses provide ----------------------------------------------------------------
     def build(self, group: dict) -> Sequence[Transform]:
@@ -505,14 +523,6 @@ class ChainOptimizer(torch.optim.Optimizer):
             index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
             extra["steps"] = {index[id(p)]: n for p, n in self._counts.items() if id(p) in index}
         sd["optimlab"] = extra
-        # host-side scalar state (NAdam's mu_product, ASGD's eta and mu) is a 0-d tensor in torch
-        host = {k for g in self.param_groups for t in self._chain(g) for k in t.host_keys}
-        if host:
-            sd["state"] = {
-                i: {k: torch.tensor(v, dtype=step_dtype()) if k in host and not isinstance(v, Tensor) else v
-                    for k, v in st.items()} if isinstance(st, dict) else st
-                for i, st in sd["state"].items()
-            }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -541,14 +551,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 if i in steps:
                     self._counts[p] = steps[i]
-        host = {k for g in self.param_groups for t in self._chain(g) for k in t.host_keys}
         for p in params:
             st = self.state.get(p)
             if not isinstance(st, dict):
                 continue
-            for k in host:
-                if isinstance(st.get(k), Tensor):  # torch's 0-d tensor -> the host-side float
-                    st[k] = st[k].item()
             for k in [k for k, v in st.items() if v is None]:
                 del st[k]
             step = st.get("step")
@@ -674,7 +680,11 @@ class ChainOptimizer(torch.optim.Optimizer):
             g = self._grad(p)
             if g is None:
                 continue
-            if g.is_sparse and not self.sparse_gradients:
+            if g.is_sparse and self.densify_sparse_gradients:
+                # torch's SGD and Adagrad take sparse gradients; their update equals the dense
+                # one (Adagrad's accumulator and step are unchanged where the gradient is 0)
+                g = self._check_sparse(g, group).to_dense()
+            elif g.is_sparse and not self.sparse_gradients:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients (parameter "
                     f"{names[i] if names else tuple(p.shape)}); use optimlab.SparseAdam or "
@@ -694,7 +704,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                         st.setdefault(k, v)
                 if not st:  # nothing to keep (SGD without momentum): torch keeps no entry
                     del self.state[p]
-            key = (step, *(st.get(k) for t in chain for k in t.host_keys))
+            key = (step, *(host_float(st.get(k)) for t in chain for k in t.host_keys))
             b = buckets.setdefault(key, ([], [], [], []))
             b[0].append(p)
             b[1].append(g)
@@ -703,6 +713,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         return chain, buckets
 
     def _step_group(self, group: dict) -> None:
+        if group.get("fused"):
+            _check_fused(group)
         if (self.compile is not False or group.get("fused")) and not group.get("differentiable"):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
             group = self._flat_engine().step_group(self, group)
@@ -743,12 +755,52 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _scalars(self, chain, group, step, states) -> list[dict]:
         """Every transform's host-side scalars for one bucket (and its host state, shared)."""
         view = collections.ChainMap(self._step_info, group)
-        out = [t.scalars(view, step, states[0]) for t in chain]
+        out = []
         for t in chain:
+            if not t.host_keys:
+                out.append(t.scalars(view, step, states[0]))
+                continue
+            # the transform does its host maths in Python floats; the state keeps 0-d tensors,
+            # as torch keeps NAdam's mu_product and ASGD's eta and mu
+            host = {k: host_float(states[0].get(k)) for k in t.host_keys}
+            out.append(t.scalars(view, step, host))
             for k in t.host_keys:
-                for st in states[1:]:
-                    st[k] = states[0][k]
+                store_host(states, k, host[k])
         return out
+
+
+#: device types where ``fused=True`` runs (torch's list for its fused kernels)
+_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")
+
+
+def _check_fused(group: dict) -> None:
+    """torch's check for ``fused=True``: floating-point parameters on a supported device."""
+    for p in group["params"]:
+        if p.grad is not None and (p.device.type not in _FUSED_DEVICES or not torch.is_floating_point(p)):
+            raise RuntimeError(
+                f"`fused=True` requires all the params to be floating point Tensors of supported "
+                f"devices: {list(_FUSED_DEVICES)} but got a {p.dtype} parameter on {p.device}; "
+                "move the model to one of them (model.to_empty(device=...) for a meta-device model) "
+                "or drop fused=True"
+            )
+
+
+def host_float(v: Any) -> float | None:
+    """A host-side scalar state entry (a 0-d tensor, or a float before the first step) as a float."""
+    if isinstance(v, Tensor):
+        return v.item()
+    return None if v is None else float(v)
+
+
+def store_host(states: list[dict], key: str, value: float) -> None:
+    """Write a host-side scalar into every state of a bucket as a 0-d tensor (in place where
+    one is there, so nothing is shared between parameters)."""
+    for st in states:
+        t = st.get(key)
+        if isinstance(t, Tensor) and t.dim() == 0 and not t.requires_grad:
+            t.fill_(value)
+        else:
+            st[key] = torch.tensor(value, dtype=step_dtype())
 
 
 def _keep_copy(t: Tensor) -> Tensor:

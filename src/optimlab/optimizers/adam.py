@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from ..core import check_betas, check_nonneg
 from ..transforms.adam import scale_by_adam
 from ..transforms.regularize import add_decayed_weights
@@ -38,6 +40,16 @@ class Adam(Optimizer):
         super().check_group(group)
         check_nonneg("eps", group["eps"])
         check_betas("betas", group["betas"])
+        b1, b2 = group["betas"]
+        if isinstance(b1, Tensor) != isinstance(b2, Tensor):
+            raise ValueError(f"betas must be either both floats or both Tensors (got {group['betas']!r})")
+        # torch's rule, kept so code written against torch sees the same error: its foreach
+        # kernels cannot take tensor hyperparameters unless capturable
+        if group["foreach"] and not group["capturable"]:
+            for key, value in (("lr", group["lr"]), ("betas[0]", b1)):
+                if isinstance(value, Tensor):
+                    raise ValueError(f"{key} as a Tensor is not supported for capturable=False and "
+                                     "foreach=True; pass a float, or foreach=None")
 
     def core(self, group):
         if group["decoupled_weight_decay"]:

@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-from ..core import check_betas, check_nonneg
+from ..core import check_betas, check_nonneg, invalid
 from ..registry import register
 from ..transforms.adagrad_rms import scale_by_adadelta, scale_by_adamax, scale_by_inverse_time_decay, scale_by_rms, scale_by_rss
 from ..transforms.momentum import trace
@@ -31,7 +31,7 @@ def _check_unit(name, value):
     """A decay rate in [0, 1] (torch accepts both ends)."""
     check_nonneg(name, value)
     if value > 1:
-        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1])")
+        raise invalid(name, value, "must be in [0, 1]")
 
 
 @register("adagrad", torch_name="Adagrad")
@@ -52,10 +52,18 @@ class Adagrad(Optimizer):
                         maximize=maximize, differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, **options)
 
+    densify_sparse_gradients = True
+
     def check_group(self, group):
         super().check_group(group)
         for key in ("lr_decay", "initial_accumulator_value", "eps"):
             check_nonneg(key, group[key])
+
+    def _check_sparse(self, g, group):
+        if group["weight_decay"] != 0:  # torch's rule: the decayed gradient would be dense
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients; "
+                               "use weight_decay=0 with sparse embeddings")
+        return g
 
     def core(self, group):
         chain = self.weight_decay(group) + [scale_by_rss()]

@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from ..core import Transform, check_betas, check_int, check_nonneg, check_positive
+from ..core import Transform, _num, check_betas, check_int, check_nonneg, check_positive
 from ..registry import register
 from ..transforms.factored import clip_by_block_rms, scale_by_factored_rms, scale_by_param_rms
 from ..transforms.orthogonal import ADJUST_LR_FNS, ema_momentum, orthogonalize
@@ -74,15 +74,15 @@ class Adafactor(Optimizer):
         super().check_group(group)
         _real_params(self, group)
         if not group["beta2_decay"] <= 0:
-            raise ValueError(f"Invalid beta2_decay: {group['beta2_decay']} (must be <= 0: beta2_t = 1 - t^beta2_decay)")
+            raise ValueError(f"beta2_decay should be <= 0 but is: {group['beta2_decay']} (beta2_t = 1 - t^beta2_decay)")
         eps = group["eps"]
         if not isinstance(eps, (tuple, list)) or len(eps) != 2:
             raise ValueError(f"Invalid eps: {eps!r} (expected a pair (eps1, eps2); eps1 may be None)")
-        if eps[0] is not None:
-            check_nonneg("eps[0]", eps[0])
-        check_nonneg("eps[1]", eps[1])
+        for i, e in enumerate(eps):
+            if (e is not None or i == 1) and _num(f"eps[{i}]", e) < 0:
+                raise ValueError(f"epsilon{i + 1} should be >= 0 but is: {e} (eps=(eps1, eps2); eps1 may be None)")
         if not group["d"] >= 1:
-            raise ValueError(f"Invalid d: {group['d']} (the update-clipping threshold must be >= 1)")
+            raise ValueError(f"Clipping threshold d should be >= 1 but is: {group['d']}")
 
     def core(self, group):
         return [scale_by_factored_rms(dtype_eps=group["eps"][0] is None), clip_by_block_rms(),
@@ -98,7 +98,8 @@ def check_orthogonalization(group: dict) -> None:
     if not isinstance(coefs, (tuple, list)) or len(coefs) != 3:
         raise ValueError(f"Invalid ns_coefficients: {coefs!r} (expected 3 numbers (a, b, c))")
     if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
-        raise ValueError(f"Invalid adjust_lr_fn: {group['adjust_lr_fn']!r} (expected one of {ADJUST_LR_FNS})")
+        raise ValueError(f"Adjust learning rate function {group['adjust_lr_fn']} is not supported; "
+                         f"use one of {ADJUST_LR_FNS}")
 
 
 @register("muon", torch_name="Muon")
@@ -191,9 +192,12 @@ class SparseAdam(Optimizer):
         check_positive("eps", group["eps"])
         check_betas("betas", group["betas"])
         for p in group["params"]:
-            if p.is_sparse or torch.is_complex(p):
-                raise ValueError(f"SparseAdam requires dense, real parameter tensors (got a "
-                                 f"{'sparse' if p.is_sparse else 'complex'} one of shape {tuple(p.shape)})")
+            if p.is_sparse:
+                raise ValueError(f"SparseAdam requires dense parameter tensors (got a sparse one of shape "
+                                 f"{tuple(p.shape)}); the gradients are sparse, the parameters dense")
+            if torch.is_complex(p):
+                raise ValueError(f"SparseAdam does not support complex parameters (got one of shape "
+                                 f"{tuple(p.shape)}); optimise torch.view_as_real(p) instead")
         used = [f"{k}={group[k]!r}" for k in _DENSE_OPTIONS if group[k] not in (None, 0)]
         if self.skip_nonfinite:
             used.append("skip_nonfinite=True")

@@ -23,6 +23,7 @@ __all__ = ["SGD"]
 @register("sgd", torch_name="SGD")
 class SGD(Optimizer):
     state_step = False  # torch keeps no step count for SGD
+    densify_sparse_gradients = True
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None, **options):

@@ -111,9 +111,8 @@ class Rprop(Optimizer):
             if not isinstance(group[key], (tuple, list)) or len(group[key]) != 2:
                 raise ValueError(f"Invalid {key}: {group[key]!r} (expected a tuple of 2 numbers)")
         eta_minus, eta_plus = group["etas"]
-        check_positive("etas[0]", eta_minus)
-        if not eta_minus < 1.0 < eta_plus:
-            raise ValueError(f"Invalid etas: {group['etas']!r} (need 0 < etas[0] < 1 < etas[1])")
+        if not 0.0 < eta_minus < 1.0 < eta_plus:
+            raise ValueError(f"Invalid eta values: {eta_minus}, {eta_plus} (need 0 < etas[0] < 1 < etas[1])")
         s_min, s_max = group["step_sizes"]
         check_nonneg("step_sizes[0]", s_min)
         if not s_min <= s_max:

@@ -82,7 +82,10 @@ class scale_by_rss(Transform):
     hyperparameters = ("eps", "initial_accumulator_value")
 
     def init(self, p, group):
-        return {"sum": torch.full_like(p, group[self.init_key], memory_format=torch.preserve_format)}
+        v0 = float(group[self.init_key])
+        if p.is_complex():  # two real entries (torch's rule): both parts start at v0
+            v0 = complex(v0, v0)
+        return {"sum": torch.full_like(p, v0, memory_format=torch.preserve_format)}
 
     def scalars(self, group, step, host):
         return {"eps": group[self.eps_key]}
