@@ -42,20 +42,37 @@ __all__ = [
     "HessianTooLarge",
     "flatten",
     "unflatten",
+    "real_view",
 ]
 
 
+def real_view(t: Tensor) -> Tensor:
+    """A complex tensor as real numbers (``torch.view_as_real``: a trailing dimension of 2), a
+    real one as itself. The flat-vector methods, like torch.optim.LBFGS, treat a complex
+    parameter as the pair of its real and imaginary parts; autograd's gradient of a real loss
+    is then ``dL/d re + i dL/d im``, so gradients and Hessian-vector products follow suit."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
 def flatten(tensors: Sequence[Tensor]) -> Tensor:
-    """One 1-D tensor from a list (a view-free copy, in the list's common dtype)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
+    """One real 1-D tensor from a list (a copy; complex tensors by their real view)."""
+    return torch.cat([real_view(t).reshape(-1) for t in tensors])
 
 
 def unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Split a 1-D tensor into tensors shaped like ``like`` (views of ``flat``)."""
+    """Split a real 1-D tensor into tensors shaped (and, for complex ``like``, typed) like
+    ``like``: views of ``flat``, except complex pieces at an odd offset, which are copies."""
     out, i = [], 0
     for t in like:
-        n = t.numel()
-        out.append(flat[i:i + n].view_as(t))
+        if t.is_complex():
+            n = 2 * t.numel()
+            piece = flat[i:i + n].view(*t.shape, 2)
+            if piece.storage_offset() % 2:  # view_as_complex needs an even offset
+                piece = piece.clone()
+            out.append(torch.view_as_complex(piece))
+        else:
+            n = t.numel()
+            out.append(flat[i:i + n].view_as(t))
         i += n
     return out
 
@@ -97,8 +114,9 @@ def hvp(f: Callable[..., Tensor], params: Sequence[Tensor], vs: Sequence[Tensor]
 
 
 def hessian_from_grads(grads: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
-    """The dense ``n x n`` Hessian (``n`` = total number of parameter entries) from gradients
-    built with ``create_graph=True``: ``n`` double-backward products, batched with vmap."""
+    """The dense ``n x n`` Hessian (``n`` = total number of real parameter entries; a complex
+    entry counts two) from gradients built with ``create_graph=True``: ``n`` double-backward
+    products, batched with vmap."""
     flat_g = flatten(grads)
     n = flat_g.numel()
     eye = torch.eye(n, dtype=flat_g.dtype, device=flat_g.device)
@@ -108,8 +126,8 @@ def hessian_from_grads(grads: Sequence[Tensor], params: Sequence[Tensor]) -> Ten
     except RuntimeError:  # an op without a batching rule: one product at a time
         cols = [flatten(hvp_from_grads(grads, params, unflatten(e, params))) for e in eye]
         return torch.stack(cols, 1)
-    rows = [torch.zeros(n, p.numel(), dtype=flat_g.dtype, device=flat_g.device) if r is None else r.reshape(n, -1)
-            for r, p in zip(rows, params)]
+    rows = [torch.zeros(n, real_view(p).numel(), dtype=flat_g.dtype, device=flat_g.device) if r is None
+            else real_view(r).reshape(n, -1) for r, p in zip(rows, params)]
     h = torch.cat(rows, 1)
     return 0.5 * (h + h.T)  # symmetric to rounding
 
@@ -122,15 +140,18 @@ def hessian(f: Callable[..., Tensor], params: Sequence[Tensor]) -> Tensor:
         return hessian_from_grads(grads, ps)
 
 
-def hutchinson_diag(grads: Sequence[Tensor], params: Sequence[Tensor], samples: int = 1,
-                    generator: torch.Generator | None = None) -> list[Tensor]:
+def hutchinson_diag(grads: Sequence[Tensor] | None, params: Sequence[Tensor], samples: int = 1,
+                    generator: torch.Generator | None = None,
+                    hvp: Callable[[list[Tensor]], list[Tensor]] | None = None) -> list[Tensor]:
     """Unbiased estimate of ``diag(H)``: the mean over ``samples`` Rademacher vectors ``z`` of
-    ``z * (H z)``. ``generator`` (on the parameters' device) makes it reproducible."""
+    ``z * (H z)``. ``generator`` (on the parameters' device) makes it reproducible. The products
+    are double backward through ``grads`` (built with ``create_graph=True``), or ``hvp(zs)``
+    when given (``grads`` is then unused: a finite-difference product, say)."""
     est = [torch.zeros_like(p) for p in params]
     for _ in range(samples):
         zs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device).to(p.dtype).mul_(2).sub_(1)
               for p in params]
-        hz = hvp_from_grads(grads, params, zs, retain_graph=True)
+        hz = hvp(zs) if hvp is not None else hvp_from_grads(grads, params, zs, retain_graph=True)
         torch._foreach_add_(est, torch._foreach_mul(zs, hz))
     if samples > 1:
         torch._foreach_div_(est, float(samples))

@@ -40,8 +40,9 @@ Phi = Callable[[float], tuple[float, "Tensor | None"]]
 @dataclasses.dataclass
 class LineSearchResult:
     """Where a search ended: step ``t``, the loss ``f`` and flat gradient ``g`` there (``g`` is
-    None when the search never needed it), the number of evaluations of ``phi``, and whether
-    the conditions it looks for hold (``message`` explains a failure)."""
+    None when the search never needed it), the number of evaluations of ``phi``, whether the
+    conditions it looks for hold (``message`` explains a failure), and whether it stopped
+    because its evaluations ran out (``max_evals``)."""
 
     t: float
     f: float
@@ -49,6 +50,7 @@ class LineSearchResult:
     evals: int
     success: bool
     message: str = ""
+    out_of_evals: bool = False
 
 
 def backtracking(phi: Phi, f0: float, gtd: float, t0: float = 1.0, c1: float = 1e-4, shrink: float = 0.5,
@@ -72,7 +74,8 @@ def backtracking(phi: Phi, f0: float, gtd: float, t0: float = 1.0, c1: float = 1
     f, t, g = best
     return LineSearchResult(t, f, g, max_evals, False,
                             f"no sufficient decrease (Armijo, c1={c1}) after {max_evals} evaluations down to "
-                            f"t={t0 * shrink ** (max_evals - 1):.3g}; best loss {f:.6g} vs {f0:.6g} at t=0")
+                            f"t={t0 * shrink ** (max_evals - 1):.3g}; best loss {f:.6g} vs {f0:.6g} at t=0",
+                            out_of_evals=True)
 
 
 def cubic_minimizer(t1: float, f1: float, d1: float, t2: float, f2: float, d2: float,
@@ -106,7 +109,9 @@ def strong_wolfe(phi: Phi, f0: float, g0: Tensor, d: Tensor, t0: float = 1.0, c1
                  c2: float = 0.9, tolerance_change: float = 1e-9, max_evals: int = 25) -> LineSearchResult:
     """A step satisfying the strong Wolfe conditions along ``d`` (``phi`` must return the flat
     gradient). ``tolerance_change``: the zoom stops once the bracket is narrower than this in
-    the largest coordinate of the step."""
+    the largest coordinate of the step. ``max_evals`` bounds the evaluations after the first
+    (torch's ``max_ls``): at most ``max_evals + 1`` in all; torch.optim.LBFGS passes what is
+    left of its ``max_eval`` budget for the step."""
     if not 0 < c1 < c2 < 1:
         raise ValueError(f"Invalid c1, c2: {c1}, {c2} (need 0 < c1 < c2 < 1)")
     gtd0 = float(g0.dot(d))
@@ -188,9 +193,11 @@ def strong_wolfe(phi: Phi, f0: float, g0: Tensor, d: Tensor, t0: float = 1.0, c1
     else:
         best = bracket[lo_i]
     ok = found is not None
-    if not ok and not message:
+    out_of_evals = not ok and not message
+    if out_of_evals:
         message = f"no point meeting the strong Wolfe conditions (c1={c1}, c2={c2}) in {trials + 1} evaluations"
-    return LineSearchResult(best.t, best.f, best.g, trials + 1, ok, "" if ok else message + f"; best t={best.t:.3g}")
+    return LineSearchResult(best.t, best.f, best.g, trials + 1, ok, "" if ok else message + f"; best t={best.t:.3g}",
+                            out_of_evals)
 
 
 #: names accepted by the optimizers' ``line_search`` argument

@@ -19,6 +19,12 @@ far from the optimum, superlinear near it; Nocedal & Wright Algorithm 7.1) or af
 Exact Newton forms the n x n Hessian: it refuses a model whose Hessian would not fit (see
 :func:`optimlab.second_order.check_dense_cost`) unless ``force=True``.
 
+Any closure works (see :mod:`optimlab.second_order.base`). With one that returns the loss, or
+calls ``loss.backward(create_graph=True)``, Hessian-vector products are exact (double backward);
+with torch's usual ``loss.backward()``, which frees the graph, they are central differences of
+the gradient, two closure calls each (a warning says so, once): NewtonCG's CG pays two calls
+per product, Newton ``2 n`` per Hessian.
+
 Martens, "Deep learning via Hessian-free optimization", ICML 2010. Nocedal & Wright, *Numerical
 Optimization*, 2nd ed., chapters 3 and 7.
 
@@ -26,7 +32,7 @@ Example::
 
     >>> opt = optimlab.Newton(model.parameters())
     >>> def closure():
-    ...     return loss_fn(model(x), y)          # no backward: the optimizer differentiates
+    ...     return loss_fn(model(x), y)          # no backward: the optimizer differentiates (exactly)
     >>> for _ in range(10):
     ...     opt.step(closure)
 """
@@ -40,8 +46,7 @@ from torch import Tensor
 
 from ..core import check_int, check_nonneg
 from ..registry import register
-from .base import ClosureOptimizer
-from .hessian import hessian_from_grads
+from .base import ClosureOptimizer, Curvature, check_tolerance
 
 __all__ = ["Newton", "NewtonCG"]
 
@@ -52,7 +57,7 @@ class _NewtonBase(ClosureOptimizer):
     def check_group(self, group):
         super().check_group(group)
         check_nonneg("damping", group["damping"])
-        check_nonneg("tolerance_grad", group["tolerance_grad"])
+        check_tolerance("tolerance_grad", group["tolerance_grad"])
 
     def _damping(self) -> float:
         return self._state.get("damping", self.param_groups[0]["damping"])
@@ -92,16 +97,11 @@ class Newton(_NewtonBase):
             self._check_dense_cost(max_memory, "NewtonCG (Hessian-free: Hessian-vector products only) or LBFGS")
 
     def _step(self, closure):
-        f, g, grads = self._evaluate(closure, graph=True)
+        f, g, curvature = self._evaluate(closure, graph=True)
         if g.abs().max() <= self.param_groups[0]["tolerance_grad"]:
             return f
-        h = hessian_from_grads(grads, self._params)
+        h = curvature.dense()  # H + L2
         n = h.shape[0]
-        self.cost.hessians += 1
-        self.cost.hvps += n
-        l2 = self._l2()
-        if not (isinstance(l2, float) and l2 == 0.0):
-            h.diagonal().add_(l2)
         lam = self._damping()
         scale = float(h.diagonal().abs().max().clamp_min(1e-12))
         eye = torch.eye(n, dtype=h.dtype, device=h.device)
@@ -136,7 +136,7 @@ class NewtonCG(_NewtonBase):
         super().check_group(group)
         check_int("max_cg_iter", group["max_cg_iter"], minimum=1)
 
-    def _cg(self, grads, g: Tensor, lam: float):
+    def _cg(self, curvature: Curvature, g: Tensor, lam: float):
         """Truncated CG for ``(H + lam I) d = -g``; returns ``d`` and ``d' (H + lam I) d``."""
         g_norm = float(g.norm())
         tol = min(0.5, math.sqrt(g_norm)) * g_norm
@@ -146,11 +146,11 @@ class NewtonCG(_NewtonBase):
         rr = float(r.dot(r))
         dhd = 0.0
         for i in range(self.param_groups[0]["max_cg_iter"]):
-            hp = self._hvp(grads, p) + lam * p
+            hp = curvature.hvp(p) + lam * p
             php = float(p.dot(hp))
             if php <= 0:  # negative curvature: stop here (steepest descent if nothing yet)
                 if i == 0:
-                    return -g, float(g.dot(self._hvp(grads, g) + lam * g))
+                    return -g, float(g.dot(curvature.hvp(g) + lam * g))
                 break
             alpha = rr / php
             dhd += alpha * alpha * php  # the CG directions are (H + lam I)-conjugate
@@ -164,11 +164,11 @@ class NewtonCG(_NewtonBase):
         return d, dhd
 
     def _step(self, closure):
-        f, g, grads = self._evaluate(closure, graph=True)
+        f, g, curvature = self._evaluate(closure, graph=True)
         if g.abs().max() <= self.param_groups[0]["tolerance_grad"]:
             return f
         lam = self._damping()
-        d, dhd = self._cg(grads, g, lam)
+        d, dhd = self._cg(curvature, g, lam)
         f_new, step = self._search_or_step(closure, f, g, d)
         s = float(step.norm() / d.norm()) if float(d.norm()) > 0 else 1.0  # the step taken, in units of d
         self._adapt(f, f_new, s * float(g.dot(d)) + 0.5 * s * s * dhd, lam)

@@ -17,12 +17,16 @@ updates implicitly to ``H_0 = (y's / y'y) I`` of the latest pair (Algorithm 7.4)
 at ``max_iter``, after ``max_eval`` closure evaluations, or when the gradient
 (``tolerance_grad``), the step or the loss change (``tolerance_change``) is small.
 
-``LBFGS`` takes torch.optim.LBFGS's arguments with its defaults and, configured the same way,
-follows its trajectory; unlike torch's it accepts several param groups (one curvature history
-over all parameters; each group's lr scales its coordinates), ``line_search_fn="backtracking"``,
-and the L2 / decoupled-decay options. ``BFGS`` defaults to one iteration per step with a
-strong Wolfe line search, and refuses models whose n x n matrix would not fit (``force=True``
-overrides).
+``LBFGS`` is a drop-in for torch.optim.LBFGS: its arguments and defaults, its trajectory
+(configured the same way), its count of closure calls (the strong Wolfe search gets what is left
+of ``max_eval``), gradients read from ``p.grad`` as the closure leaves them, complex parameters
+as real pairs, and its state_dict (torch's state names; one loads into the other and the run
+continues). Beyond torch's it accepts several param groups (one curvature history over all
+parameters; each group's lr scales its coordinates), ``line_search_fn="backtracking"``, the
+L2 / decoupled-decay options, and closures that return the loss without calling ``backward``.
+``BFGS`` defaults to one iteration per step with a strong Wolfe line search (and
+``max_eval = 26 max_iter``: room for a full search in each iteration), and refuses models whose
+n x n matrix would not fit (``force=True`` overrides).
 
 Example::
 
@@ -37,22 +41,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import check_int, check_nonneg
+from ..core import check_int
 from ..registry import register
-from .base import ClosureOptimizer
+from .base import ClosureOptimizer, check_tolerance, scalar
 
 __all__ = ["BFGS", "LBFGS"]
 
 
 class _QuasiNewton(ClosureOptimizer):
+    #: the default ``max_eval`` as a function of ``max_iter``
+    default_max_eval = staticmethod(lambda max_iter: max_iter * 5 // 4)  # torch's LBFGS
+
     def check_group(self, group):
         super().check_group(group)
         check_int("max_iter", group["max_iter"], minimum=1)
         if group["max_eval"] is None:
-            group["max_eval"] = group["max_iter"] * 5 // 4
+            group["max_eval"] = self.default_max_eval(group["max_iter"])
         check_int("max_eval", group["max_eval"], minimum=1)
-        check_nonneg("tolerance_grad", group["tolerance_grad"])
-        check_nonneg("tolerance_change", group["tolerance_change"])
+        check_tolerance("tolerance_grad", group["tolerance_grad"])
+        check_tolerance("tolerance_change", group["tolerance_change"])
 
     # subclasses: the curvature memory
     def _reset(self, st: dict) -> None:
@@ -66,7 +73,7 @@ class _QuasiNewton(ClosureOptimizer):
 
     def _step(self, closure):
         group = self.param_groups[0]
-        lr, max_iter, max_eval = group["lr"], group["max_iter"], group["max_eval"]
+        lr, max_iter, max_eval = scalar(group["lr"]), group["max_iter"], group["max_eval"]
         tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
         search = group["line_search_fn"]
         st = self._state
@@ -81,7 +88,7 @@ class _QuasiNewton(ClosureOptimizer):
 
         d, t = st.get("d"), st.get("t")
         prev_g, prev_loss = st.get("prev_flat_grad"), st.get("prev_loss")
-        scale = self._per_coordinate("lr", masked=False) / lr
+        scale = self._lr_scale()
         n_iter = 0
         while n_iter < max_iter:
             n_iter += 1
@@ -108,7 +115,10 @@ class _QuasiNewton(ClosureOptimizer):
 
             ls_evals = 0
             if search is not None:
-                res = self._line_search(search, closure, loss, g, d, t)
+                # the search may spend what is left of the step's max_eval (as in torch, whose
+                # strong Wolfe search gets max_ls = max_eval - evaluations so far)
+                budget = max_eval - evals if search == "strong_wolfe" else max(1, max_eval - evals)
+                res = self._line_search(search, closure, loss, g, d, t, max_evals=budget)
                 loss, g, t, ls_evals = res.f, res.g, res.t, res.evals
                 if g is None:  # backtracking ends without a gradient: evaluate it
                     loss, g = self._evaluate(closure)
@@ -164,7 +174,7 @@ class LBFGS(_QuasiNewton):
         check_int("history_size", group["history_size"], minimum=1)
 
     def _reset(self, st):
-        st.update(old_dirs=[], old_stps=[], ro=[], H_diag=1.0)
+        st.update(old_dirs=[], old_stps=[], ro=[], H_diag=1)
 
     def _remember(self, st, s, y, ys):
         if len(st["old_dirs"]) == self.param_groups[0]["history_size"]:
@@ -176,23 +186,30 @@ class LBFGS(_QuasiNewton):
         st["H_diag"] = ys / y.dot(y)
 
     def _direction(self, st, g):
-        """The two-loop recursion: ``-H g`` without forming H (Nocedal & Wright Algorithm 7.4)."""
+        """The two-loop recursion: ``-H g`` without forming H (Nocedal & Wright Algorithm 7.4).
+        The coefficients ``al`` stay 0-d tensors of the parameters' dtype, as in torch, and are
+        kept in the state under torch's name (a state_dict then matches torch's key for key)."""
         ys_, ss_, ro = st["old_dirs"], st["old_stps"], st["ro"]
+        al = st.setdefault("al", [None] * self.param_groups[0]["history_size"])
+        al.extend([None] * (len(ys_) - len(al)))  # a history loaded from a run with a longer one
         q = g.neg()
-        alpha = [0.0] * len(ys_)
         for i in reversed(range(len(ys_))):
-            alpha[i] = float(ss_[i].dot(q) * ro[i])
-            q.add_(ys_[i], alpha=-alpha[i])
+            al[i] = ss_[i].dot(q) * ro[i]
+            q.add_(ys_[i], alpha=-al[i])
         r = q * st["H_diag"]
         for i in range(len(ys_)):
-            beta = float(ys_[i].dot(r) * ro[i])
-            r.add_(ss_[i], alpha=alpha[i] - beta)
+            beta = ys_[i].dot(r) * ro[i]
+            r.add_(ss_[i], alpha=al[i] - beta)
         return r
 
 
 @register("bfgs", needs_closure=True, second_order=True)
 class BFGS(_QuasiNewton):
     """BFGS with a dense inverse-Hessian approximation and a strong Wolfe line search."""
+
+    #: room for a full line search (25 evaluations after its first) in every iteration; torch's
+    #: default, max_iter * 5 // 4, would leave one iteration per step no search at all
+    default_max_eval = staticmethod(lambda max_iter: max_iter * 26)
 
     def __init__(self, params, lr=1, max_iter=1, max_eval=None, tolerance_grad=1e-10, tolerance_change=1e-12,
                  line_search_fn="strong_wolfe", max_memory=None, force=False, **options):

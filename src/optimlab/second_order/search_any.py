@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from .base import ClosureOptimizer, Cost, call_closure
+from .base import ClosureOptimizer, Cost
+from .closures import call_closure
 from .hessian import flatten, unflatten
 from .line_search import backtracking, strong_wolfe
 
@@ -58,11 +59,11 @@ class LineSearch(torch.optim.Optimizer):
         return f"LineSearch({self.line_search_fn}, {self.optimizer!r})"
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict(), "cost": self.cost.as_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "cost": self.cost.counts()}  # no wall-clock seconds
 
     def load_state_dict(self, state_dict):
         self.optimizer.load_state_dict(state_dict["optimizer"])
-        self.cost = Cost(**state_dict["cost"])
+        self.cost = Cost(**{k: v for k, v in state_dict["cost"].items() if k != "seconds"})
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none)
@@ -72,7 +73,13 @@ class LineSearch(torch.optim.Optimizer):
         if closure is None:
             raise RuntimeError("LineSearch re-evaluates the loss along the step, so step() needs a closure")
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
-        loss, grads = call_closure(closure, params, False, "LineSearch")
+
+        def evaluate():
+            for p in params:  # each evaluation's own gradient, whether or not the closure zeroes them
+                p.grad = None
+            return call_closure(closure, params, False, "LineSearch")
+
+        loss, grads = evaluate()
         self.cost.function_evals += 1
         for p, g in zip(params, grads):
             p.grad = g
@@ -85,7 +92,7 @@ class LineSearch(torch.optim.Optimizer):
         def phi(t):
             for p, v, dv in zip(params, unflatten(x0, params), unflatten(d, params)):
                 p.copy_(v).add_(dv, alpha=t)
-            f, gs = call_closure(closure, params, False, "LineSearch")
+            f, gs = evaluate()
             self.cost.function_evals += 1
             return float(f), flatten(gs)
 

@@ -5,9 +5,11 @@
     p <- p - lr * weight_decay * p                                   (decoupled)
     p <- p - lr * clip(m / max(rho h, eps), -1, 1)
 
-Each refresh costs one Hessian-vector product (a second backward pass), so the closure must let
-the optimizer differentiate twice on those steps: return the loss without calling ``backward``,
-or call ``loss.backward(create_graph=True)`` (see :mod:`optimlab.second_order.base`). The
+Each refresh costs one Hessian-vector product: a second backward pass when the closure lets the
+optimizer differentiate twice (it returns the loss without calling ``backward``, or calls
+``loss.backward(create_graph=True)``), otherwise -- torch's usual closure, whose ``backward()``
+frees the graph -- central differences of the gradient, two more closure calls (a warning says
+so, once; see :mod:`optimlab.second_order.base`). The
 Rademacher draws come from the optimizer's own seeded generator, saved in ``state_dict``, so a
 resumed run follows the same trajectory. Defaults follow the paper's Sophia-H settings
 (b1 = 0.965, b2 = 0.99, rho = 0.04, k = 10, weight decay 0.1); its lr is model-specific
@@ -22,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -30,7 +33,8 @@ from ..optimizers._base import Optimizer
 from ..registry import register
 from ..transforms.regularize import add_decayed_weights
 from ..transforms.sophia import scale_by_sophia
-from .base import Cost, call_closure
+from .base import Cost
+from .closures import FD_WARNING, call_closure, fd_hvp, user_stacklevel
 from .hessian import hutchinson_diag
 
 __all__ = ["SophiaH"]
@@ -53,6 +57,7 @@ class SophiaH(Optimizer):
         self.cost = Cost()
         self._calls = 0
         self._generator = None
+        self._warned_fd = False
 
     def check_group(self, group):
         super().check_group(group)
@@ -77,7 +82,8 @@ class SophiaH(Optimizer):
             raise RuntimeError(
                 "SophiaH re-estimates the Hessian diagonal every update_period steps, so step() needs a "
                 "closure: opt.step(lambda: loss_fn(model(x), y)) (or one that calls "
-                "loss.backward(create_graph=True))"
+                "loss.backward(create_graph=True); one that calls loss.backward() costs 2 more evaluations "
+                "per refresh)"
             )
         groups = [(g, [p for p in g["params"] if p.requires_grad]) for g in self.param_groups]
         params = [p for _, ps in groups for p in ps]
@@ -86,7 +92,14 @@ class SophiaH(Optimizer):
         loss, grads = call_closure(closure, params, refresh, "SophiaH")
         self.cost.function_evals += 1
         if refresh:
-            est = hutchinson_diag(grads, params, samples=1, generator=self._rng(params[0].device))
+            fd = None
+            if not any(g.requires_grad for g in grads):  # the closure's backward freed the graph
+                if not self._warned_fd:
+                    self._warned_fd = True
+                    warnings.warn(FD_WARNING.format(who="SophiaH"), UserWarning, stacklevel=user_stacklevel())
+                fd = lambda zs: fd_hvp(closure, params, zs, "SophiaH")  # noqa: E731
+                self.cost.function_evals += 2
+            est = hutchinson_diag(grads, params, samples=1, generator=self._rng(params[0].device), hvp=fd)
             i = 0
             for group, ps in groups:
                 b2 = float(group["betas"][1])
@@ -107,7 +120,7 @@ class SophiaH(Optimizer):
 
     def state_dict(self):
         sd = super().state_dict()
-        sd["sophia"] = {"calls": self._calls, "cost": self.cost.as_dict(),
+        sd["sophia"] = {"calls": self._calls, "cost": self.cost.counts(),  # no wall-clock seconds
                         "rng": None if self._generator is None else self._generator.get_state()}
         return sd
 
@@ -115,7 +128,7 @@ class SophiaH(Optimizer):
         extra = state_dict.get("sophia", {})
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "sophia"})
         self._calls = extra.get("calls", 0)
-        self.cost = Cost(**extra["cost"]) if "cost" in extra else Cost()
+        self.cost = Cost(**{k: v for k, v in extra.get("cost", {}).items() if k != "seconds"})
         if extra.get("rng") is not None:
             p0 = self.param_groups[0]["params"][0]
             self._rng(p0.device).set_state(extra["rng"])
