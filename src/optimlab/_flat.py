@@ -386,13 +386,14 @@ class _Bucket:
     """One group x device x dtype x step: params, grads and tensor state as views of flat buffers."""
 
     __slots__ = ("params", "names", "states", "step", "keys", "flat_param", "flat_grad", "flat_state",
-                 "grad_views", "rows", "numel", "device", "dtype", "kernel_args", "__weakref__")
+                 "grad_views", "own_grads", "rows", "numel", "device", "dtype", "kernel_args", "__weakref__")
 
     def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
                  per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
-        must not show up in ``p.grad``). ``layerwise``: lay the tensors out in rows of ``ROW``
+        must not show up in ``p.grad``; nor with torch's ``fused=True``, which leaves ``p.grad``
+        alone: each step then copies the gradients in). ``layerwise``: lay the tensors out in rows of ``ROW``
         entries for a chain with per-tensor reductions. ``per_tensor``: the state keys that hold
         one number per tensor (0-d); each becomes a vector with one entry per tensor (plus the
         empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry. ``masks``: those of
@@ -400,6 +401,7 @@ class _Bucket:
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = step
+        self.own_grads = own_grads
         self.device, self.dtype = p0.device, p0.dtype
         numels = [p.numel() for p in params]
         offs, total = _offsets(numels, p0.element_size(), ROW if layerwise else 1)
@@ -494,7 +496,7 @@ class _Bucket:
         if any(g.is_sparse for g in grads):
             raise RuntimeError("sparse gradient")  # caught by the caller: eager path raises properly
         torch._foreach_copy_([self.grad_views[i] for i in fresh], grads)
-        if use_grad_attr:
+        if use_grad_attr and self.own_grads:
             for i, g in zip(fresh, grads):
                 if not g.requires_grad:
                     self.params[i].grad = self.grad_views[i]
@@ -686,7 +688,8 @@ class FlatEngine:
         for (_, _, step, _, keys, _), idx in keyed.items():
             params = [group["params"][i] for i in idx]
             buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
-                                   [opt.state.get(p, {}) for p in params], keys, opt.accumulate_steps == 1,
+                                   [opt.state.get(p, {}) for p in params], keys,
+                                   opt.accumulate_steps == 1 and not (group.get("fused") and opt.compile is False),
                                    layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain),
                                    step=step))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
@@ -703,8 +706,8 @@ class FlatEngine:
         done = set()
         for lay in self._layouts.values():
             for b in lay.buckets:
-                if any(p.data_ptr() != ptr for p, ptr, *_ in b.rows):
-                    continue  # stale layout: leave these parameters to the generic loop
+                if not b.own_grads or any(p.data_ptr() != ptr for p, ptr, *_ in b.rows):
+                    continue  # fused=True (p.grad stays the user's) or a stale layout: the generic loop
                 b.flat_grad.zero_()
                 for p, gv in zip(b.params, b.grad_views):
                     g = p.grad
