@@ -1,8 +1,10 @@
-"""Prodigy and D-Adapt Adam against naive per-tensor references of optax's rules
-(optax.contrib.prodigy, optax.contrib.dadapt_adamw; with the reference implementations'
-growth_rate, safeguard_warmup, coupled decay and bias-correction switch), float64, 1e-10, step
-by step; each param group adapts its own d. Plus the estimate's bookkeeping: it lives in the
-param group, survives state_dict round trips, stays put when lr is 0 or the gradients vanish."""
+"""Prodigy and D-Adapt Adam against naive per-tensor references of the authors' and optax's rules
+(prodigyopt 1.1.2 ``prodigyopt/prodigy.py``, optax ``optax/contrib/_prodigy.py`` and
+``_dadapt_adamw.py``; with the reference implementations' growth_rate, safeguard_warmup, coupled
+decay and bias-correction switch), float64, 1e-10, step by step; each param group adapts its own
+d. Plus the estimate's bookkeeping: it lives in the param group, survives state_dict round trips,
+stays put when lr is 0 or the gradients vanish. The authors' packages themselves are run in
+test_authors_packages.py."""
 
 from __future__ import annotations
 
@@ -25,9 +27,15 @@ DEFAULTS = {
 
 
 class NaiveLRFree:
-    """optax's Prodigy / D-Adapt AdamW update, one tensor at a time, applied to each param group as
-    to one optax tree (``groups``: lists of tensor indices, ``hypers``: their hyperparameters).
-    Tensors count their own steps; the group's d moves once per step from sums over its tensors."""
+    """Prodigy / D-Adapt AdamW, one tensor at a time, applied to each param group as to one optax
+    tree (``groups``: lists of tensor indices, ``hypers``: their hyperparameters). Tensors count
+    their own steps; the group's d moves once per step from sums over its tensors.
+
+    Prodigy follows ``Prodigy.step`` of prodigyopt 1.1.2 (``prodigyopt/prodigy.py``) and optax's
+    ``prodigy`` (``optax/contrib/_prodigy.py``): a first pass updates the moments, ``s`` and the
+    sums with the d of the start of the step, then d moves, then a second pass steps with
+    ``dlr = d lr bc`` (the old d) and ``sqrt(v) + d_new eps`` in the denominator. D-Adapt
+    follows optax's ``dadapt_adamw`` (``optax/contrib/_dadapt_adamw.py``): one pass, old d."""
 
     def __init__(self, params, groups, hypers, prodigy):
         self.prodigy, self.groups, self.hypers = prodigy, groups, hypers
@@ -45,7 +53,7 @@ class NaiveLRFree:
         for k, (idx, h) in enumerate(zip(self.groups, self.hypers)):
             b1, b2 = h["betas"]
             d, d0, lr, wd = self.d[k], h["d0"], h["lr"], h["weight_decay"]
-            num, den, seen = 0.0, 0.0, False
+            num, den, seen, steps = 0.0, 0.0, False, {}
             for i in idx:
                 if grads[i] is None:
                     continue
@@ -61,7 +69,7 @@ class NaiveLRFree:
                     self.m[i] = b1 * self.m[i] + (1 - b1) * d * g
                     self.v[i] = b2 * self.v[i] + (1 - b2) * d * d * g * g
                     self.s[i] = b3 * self.s[i] + (d / d0) * (d if h["safeguard_warmup"] else dlr) * g
-                    step = dlr * self.m[i] / (self.v[i].sqrt() + d * h["eps"])
+                    steps[i] = dlr  # the step waits for the new d (second pass)
                 else:
                     sb2 = math.sqrt(b2)
                     num += dlr * (g * (self.s[i] / (self.v[i].sqrt() + h["eps"]))).sum().item()
@@ -70,9 +78,8 @@ class NaiveLRFree:
                     self.s[i] = sb2 * self.s[i] + (1 - sb2) * dlr * g
                     step = self.m[i] / (self.v[i].sqrt() + h["eps"])
                 den += self.s[i].abs().sum().item()
-                if h["decouple"]:
-                    step = step + wd * dlr * self.p[i]
-                self.p[i] = self.p[i] - step
+                if not self.prodigy:
+                    self.p[i] = self.p[i] - step - (wd * dlr * self.p[i] if h["decouple"] else 0.0)
             if not seen:
                 continue
             if self.prodigy:
@@ -83,6 +90,9 @@ class NaiveLRFree:
                         d = max(d, d_hat)
                     self.d_max[k] = max(self.d_max[k], d_hat)
                     self.d[k] = min(self.d_max[k], d * h["growth_rate"])
+                for i, dlr in steps.items():  # second pass: dlr from the old d, eps times the new one
+                    step = dlr * self.m[i] / (self.v[i].sqrt() + self.d[k] * h["eps"])
+                    self.p[i] = self.p[i] - step - (wd * dlr * self.p[i] if h["decouple"] else 0.0)
             else:
                 self.num[k] = sb2 * self.num[k] + (1 - sb2) * num
                 if lr > 0 and den > 0:

@@ -1,7 +1,8 @@
-"""Schedule-Free SGD and AdamW against a naive per-tensor reference of the paper's algorithm that
-keeps x, y and z explicitly (float64, 1e-10), and the train/eval modes: evaluation at the
+"""Schedule-Free SGD and AdamW against a naive per-tensor reference of the authors' algorithm
+that keeps x, y and z explicitly (float64, 1e-10), and the train/eval modes: evaluation at the
 average x, step() refused in eval mode, checkpoints resuming bit-exactly in either mode, the
-warning when a model is evaluated at y, and the fit loop's switching."""
+warning when a model is evaluated at y, and the fit loop's switching. The authors' package
+itself is run in test_authors_packages.py."""
 
 from __future__ import annotations
 
@@ -24,14 +25,19 @@ F64 = torch.float64
 DEFAULTS = {
     "ScheduleFreeSGD": dict(lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0, weight_lr_power=2.0),
     "ScheduleFreeAdamW": dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, warmup_steps=0, r=0.0,
-                              weight_lr_power=2.0),
+                              weight_lr_power=2.0, bias_correction="v"),
 }
 
 
 class NaiveScheduleFree:
-    """The paper's Schedule-Free SGD / AdamW (Defazio et al. 2024, Algorithm 1, with the reference
-    implementation's averaging weights max(lr)^weight_lr_power t^r and decay at y), one tensor at a
-    time, every sequence stored. Each tensor counts its own steps (those with a gradient)."""
+    """Schedule-Free SGD / AdamW as the authors' package schedulefree 1.4.1 has them, one tensor at
+    a time, with x, y and z all stored (the package keeps only y and z): ``SGDScheduleFree.step``
+    (``schedulefree/sgd_schedulefree.py``), ``AdamWScheduleFree.step``
+    (``schedulefree/adamw_schedulefree.py``: v divided by 1 - b2^t; ``bias_correction="v"``) and
+    ``AdamWScheduleFreePaper.step`` (``schedulefree/adamw_schedulefree_paper.py``, the paper's
+    Algorithm 1: sqrt(1 - b2^t) in the step size, and so in the weights; ``bias_correction="lr"``).
+    All three: averaging weights t^r max(lr)^weight_lr_power, weight decay at y. Each tensor counts
+    its own steps (those with a gradient)."""
 
     def __init__(self, params, hypers, adam):
         self.h, self.adam = hypers, adam  # hypers[i]: the hyperparameters of tensor i's group
@@ -53,9 +59,13 @@ class NaiveScheduleFree:
             b = h["betas"][0] if self.adam else h["momentum"]
             lr = h["lr"] * (min(1.0, t / h["warmup_steps"]) if h["warmup_steps"] > 0 else 1.0)
             if self.adam:
-                lr *= math.sqrt(1 - h["betas"][1] ** t)
-                self.v[i] = h["betas"][1] * self.v[i] + (1 - h["betas"][1]) * g * g
-                direction = g / (self.v[i].sqrt() + h["eps"])
+                b2 = h["betas"][1]
+                self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+                if h["bias_correction"] == "lr":  # AdamWScheduleFreePaper
+                    lr *= math.sqrt(1 - b2**t)
+                    direction = g / (self.v[i].sqrt() + h["eps"])
+                else:  # AdamWScheduleFree
+                    direction = g / ((self.v[i] / (1 - b2**t)).sqrt() + h["eps"])
             else:
                 direction = g
             self.lr_max[i] = max(self.lr_max[i], lr)
@@ -84,6 +94,9 @@ CASES = [
     ("adamw-groups-wd-warmup", "ScheduleFreeAdamW", dict(lr=0.02, weight_decay=0.1),
      [{"warmup_steps": 10}, {"lr": 0.005, "betas": (0.8, 0.99), "eps": 1e-6, "r": 0.5},
       {"weight_lr_power": 1.0, "warmup_steps": 4, "weight_decay": 0.0}]),
+    ("adamw-paper", "ScheduleFreeAdamW", dict(lr=0.01, bias_correction="lr"), [{}]),
+    ("adamw-paper-and-v-groups-wd-warmup", "ScheduleFreeAdamW", dict(lr=0.02, weight_decay=0.1, bias_correction="lr"),
+     [{"warmup_steps": 10}, {"lr": 0.005, "betas": (0.8, 0.99), "eps": 1e-6, "r": 0.5, "bias_correction": "v"}]),
 ]
 
 
@@ -216,6 +229,30 @@ def test_checkpoint_in_either_mode_resumes_bit_exactly(cls, mode):
         assert torch.equal(a, b)
 
 
+def test_float32_checkpoint_keeps_the_averaging_history_in_float64():
+    """torch's loader casts state tensors to the parameter's dtype; the averaging weights' history
+    (weight_sum, lr_max: Python floats in the authors' code) stays float64, so a float32 run
+    resumes exactly as the uninterrupted one."""
+    x, y = net_data(torch.float32)
+    net = make_net(torch.float32)
+    opt = optimlab.ScheduleFreeAdamW(net.parameters(), lr=0.01, warmup_steps=5)
+    _train(net, opt, 7, x, y)
+    buf = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    net2 = make_net(torch.float32, seed=7)
+    net2.load_state_dict(ckpt["model"])
+    opt2 = optimlab.ScheduleFreeAdamW(net2.parameters(), lr=0.01, warmup_steps=5)
+    opt2.load_state_dict(ckpt["opt"])
+    for st in list(opt.state.values()) + list(opt2.state.values()):
+        assert st["weight_sum"].dtype == st["lr_max"].dtype == F64
+    _train(net, opt, 7, x, y)
+    _train(net2, opt2, 7, x, y)
+    for a, b in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_deepcopy_keeps_the_mode():
     net = make_net()
     x, y = net_data()
@@ -325,6 +362,8 @@ def test_unsupported_options_are_explained():
     w = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match="decoupled_decay=0.1.*use weight_decay"):
         optimlab.ScheduleFreeAdamW([w], decoupled_decay=0.1)
+    with pytest.raises(ValueError, match="bias_correction: 'paper'.*'v'.*'lr'"):
+        optimlab.ScheduleFreeAdamW([w], bias_correction="paper")
     # the options that do apply: clipping, l2, masks on weight_decay
     net = make_net()
     opt = optimlab.ScheduleFreeAdamW(net.named_parameters(), lr=0.01, weight_decay=0.1, decay_mask="no_bias_norm",

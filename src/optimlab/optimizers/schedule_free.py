@@ -2,15 +2,20 @@
 average of the iterates (Defazio et al., "The Road Less Scheduled", NeurIPS 2024).
 
     y_t     = (1 - b) z_t + b x_t                   parameters in train mode: gradients are taken here
-    z_{t+1} = z_t - lr_t (u_t + weight_decay y_t)   u_t = g_t (SGD), g_t / (sqrt(v_t) + eps) (AdamW)
+    z_{t+1} = z_t - lr_t (u_t + weight_decay y_t)   u_t: the base direction, at y_t
     x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}   parameters in eval mode: evaluate and save these
     c_{t+1} = w_t / sum_{i<=t} w_i,   w_t = t^r max_{i<=t}(lr_i)^weight_lr_power
-    lr_t    = lr min(1, t / warmup_steps)  (AdamW: times sqrt(1 - b2^t)),   b = momentum (SGD), betas[0] (AdamW)
+    lr_t    = lr min(1, t / warmup_steps),   b = momentum (SGD), betas[0] (AdamW)
+    u_t     = g_t (SGD),   g_t / (sqrt(v_t / (1 - b2^t)) + eps) (AdamW; v_t Adam's second moment)
 
 The defaults, the weighting and the placement of weight decay (at ``y``, inside the ``z`` step) are
-those of the reference implementation, facebookresearch/schedule_free (``SGDScheduleFree``,
-``AdamWScheduleFree``). (optax's ``schedule_free_adamw`` differs: it bias-corrects ``v`` instead of
-the step size and has no ``r`` or ``warmup_steps`` of its own.)
+those of the authors' package, ``schedulefree`` (facebookresearch/schedule_free: ``SGDScheduleFree``,
+``AdamWScheduleFree``), and the two agree to rounding (``tests/test_authors_packages.py``).
+AdamW's bias correction divides ``v``, as ``AdamWScheduleFree`` does since schedulefree 1.3 (and
+optax's ``schedule_free_adamw``, which has no ``r`` or ``warmup_steps`` of its own).
+``bias_correction="lr"`` selects the paper's form instead (schedulefree's
+``AdamWScheduleFreePaper``): ``u_t = g_t / (sqrt(v_t) + eps)`` and ``lr_t`` multiplied by
+``sqrt(1 - b2^t)``, which then also weighs the average (see :mod:`optimlab.transforms.schedule_free`).
 
 **Two modes.** The parameters hold ``y`` in train mode (the default) and ``x`` in eval mode:
 call ``optimizer.train()`` before training and ``optimizer.eval()`` before evaluating or saving
@@ -47,8 +52,8 @@ import torch
 from ..core import check_beta, check_betas, check_int, check_nonneg
 from ..registry import register
 from ..transforms.regularize import add_decayed_weights
-from ..transforms.schedule_free import (interpolation, scale_by_second_moment, schedule_free_average,
-                                        to_average_, to_interpolation_)
+from ..transforms.schedule_free import (HISTORY_KEYS, history_scalar, interpolation, scale_by_second_moment,
+                                        schedule_free_average, to_average_, to_interpolation_)
 from ._base import Optimizer
 
 __all__ = ["ScheduleFreeSGD", "ScheduleFreeAdamW"]
@@ -124,9 +129,16 @@ class _ScheduleFree(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load the state and the mode it was saved in (load the model saved with it too: its
-        parameters hold ``y`` or ``x`` accordingly)."""
+        parameters hold ``y`` or ``x`` accordingly). The averaging weights' history is restored
+        in float64 (torch's loader casts state tensors to the parameter's dtype)."""
         mode = state_dict.get("optimlab", {}).get("train_mode")
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        saved = {i: {k: v for k, v in st.items() if k in HISTORY_KEYS}
+                 for i, st in state_dict["state"].items() if isinstance(st, dict)}
         super().load_state_dict(state_dict)
+        for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            for k, v in saved.get(i, {}).items():
+                self.state[p][k] = history_scalar(v)
         if mode is not None:
             self._train_mode = bool(mode)
 
@@ -175,20 +187,26 @@ class ScheduleFreeSGD(_ScheduleFree):
 
 @register("schedule-free-adamw")
 class ScheduleFreeAdamW(_ScheduleFree):
-    """Schedule-Free AdamW: ``z`` takes Adam steps without momentum (``g / (sqrt(v) + eps)``, plus
-    ``weight_decay * y``), ``x`` averages them, gradients are taken at
-    ``y = (1 - b1) z + b1 x``.
+    """Schedule-Free AdamW: ``z`` takes Adam steps without momentum
+    (``g / (sqrt(v / (1 - b2^t)) + eps)``, plus ``weight_decay * y``), ``x`` averages them,
+    gradients are taken at ``y = (1 - b1) z + b1 x``.
 
-    See the module docstring for the rule, the modes and the options; defaults as the reference's
+    ``bias_correction``: ``"v"`` (default) divides ``v`` by ``1 - b2^t``, as schedulefree's
+    ``AdamWScheduleFree`` (since version 1.3) and optax; ``"lr"`` multiplies the step size by
+    ``sqrt(1 - b2^t)`` instead, which also changes the averaging weights, as the paper's
+    Algorithm 1 and schedulefree's ``AdamWScheduleFreePaper``.
+
+    See the module docstring for the rule, the modes and the options; defaults as the authors'
     ``AdamWScheduleFree``. Example: ``optimlab.ScheduleFreeAdamW(model.parameters(), lr=2.5e-3)``.
     """
 
     _adam = True
 
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, warmup_steps=0, r=0.0,
-                 weight_lr_power=2.0, *, foreach=None, maximize=False, **options):
+                 weight_lr_power=2.0, bias_correction="v", *, foreach=None, maximize=False, **options):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
-                        weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize)
+                        weight_lr_power=weight_lr_power, bias_correction=bias_correction, foreach=foreach,
+                        maximize=maximize)
         super().__init__(params, defaults, **options)
 
     def check_group(self, group):
@@ -197,7 +215,13 @@ class ScheduleFreeAdamW(_ScheduleFree):
         if not group["betas"][0] > 0:
             raise ValueError(f"Invalid betas[0]: {group['betas'][0]} (must be in (0, 1): eval() divides by it)")
         check_nonneg("eps", group["eps"])
+        if group["bias_correction"] not in ("v", "lr"):
+            raise ValueError(f"Invalid bias_correction: {group['bias_correction']!r} (expected 'v': divide v by "
+                             "1 - b2^t, as schedulefree's AdamWScheduleFree; or 'lr': multiply the step size by "
+                             "sqrt(1 - b2^t), as the paper and AdamWScheduleFreePaper)")
 
     def core(self, group):
+        on_lr = group["bias_correction"] == "lr"
         decay = [add_decayed_weights("weight_decay", group["decay_mask"])] if group["weight_decay"] != 0 else []
-        return [scale_by_second_moment()] + decay + [schedule_free_average(adam=True)]
+        return ([scale_by_second_moment(bias_correction=not on_lr)] + decay
+                + [schedule_free_average(adam=True, lr_bias_correction=on_lr)])

@@ -3,7 +3,8 @@ D-Adaptation", ICML 2023) and Prodigy (Mishchenko & Defazio, "Prodigy: An Expedi
 Parameter-Free Learner", ICML 2024). The step size is ``d * lr``: ``lr`` is a multiplier (1 by
 default, or a schedule) and ``d``, an estimate of the distance to the solution, grows from
 ``d0`` as the gradients reveal it. The formulations are optax's (``optax.contrib.prodigy``,
-``optax.contrib.dadapt_adamw``), so the two agree numerically.
+``optax.contrib.dadapt_adamw``) and, for Prodigy, also the authors' (prodigyopt 1.1.2,
+``prodigyopt/prodigy.py``), so they agree numerically.
 
 With ``bc = sqrt(1 - b2^t) / (1 - b1^t)`` (1 without bias correction) and ``dlr = d lr bc``:
 
@@ -12,8 +13,8 @@ Prodigy (``s``, ``p0`` = the parameters at the first step, ``b3`` defaults to ``
     m <- b1 m + (1 - b1) d g,     v <- b2 v + (1 - b2) d^2 g^2
     s <- b3 s + (d / d0) dlr g                      (safeguard_warmup: (d / d0) d g)
     N <- b3 N + (d / d0) dlr <g, p0 - p>
-    p <- p - dlr (m / (sqrt(v) + d eps) + weight_decay p)
-    d <- max(d, d_coef N / |s|_1)
+    d' = max(d, d_coef N / |s|_1)
+    p <- p - dlr (m / (sqrt(v) + d' eps) + weight_decay p)
 
 D-Adapt Adam (``sb2 = sqrt(b2)``)::
 
@@ -22,12 +23,22 @@ D-Adapt Adam (``sb2 = sqrt(b2)``)::
     p <- p - m / (sqrt(v) + eps) - dlr weight_decay p
     d <- max(d, N / ((1 - sb2) |s|_1))
 
-The update of ``p`` uses the ``d`` of the start of the step. ``N`` and ``|s|_1`` are sums over
-all parameters of a param group, so these transforms need the optimizer around them
-(:class:`optimlab.Prodigy`, :class:`optimlab.DAdaptAdam`): it keeps ``d`` and ``N`` in the param
-group, hands each bucket a place for its partial sums (``group["_d_sums"]``, a dict with lists
-``"num"`` of ``(coefficient, [0-d tensors])`` and ``"den"`` of 0-d tensors) and updates ``d``
-once the group's buckets are done.
+Everything uses the ``d`` of the start of the step (``dlr`` included), except Prodigy's
+``d' eps`` in the denominator, which takes the new estimate: prodigyopt and optax both update
+``d`` before they form the step. ``N`` and ``|s|_1`` are sums over all parameters of a param
+group, so these transforms need the optimizer around them (:class:`optimlab.Prodigy`,
+:class:`optimlab.DAdaptAdam`): it keeps ``d`` and ``N`` in the param group, hands each bucket a
+place for its partial sums (``group["_d_sums"]``, a dict with lists ``"num"`` of
+``(coefficient, [0-d tensors])`` and ``"den"`` of 0-d tensors) and updates ``d`` once the
+group's buckets are done. ``d'`` is therefore known only after every bucket has moved: the
+transform steps with ``d eps`` and, on the steps where ``d`` moved, the optimizer then corrects
+the denominators (:func:`reprice_eps_`)::
+
+    p <- p + dlr m (1 / (sqrt(v) + d eps) - 1 / (sqrt(v) + d' eps))
+       = p + dlr (d' - d) eps m / ((sqrt(v) + d eps)(sqrt(v) + d' eps))
+
+one eager pass over the group's tensors on the steps where ``d`` grows (none once it has
+settled), exact up to rounding.
 
 With ``compile=True`` they run in the compiled flat kernel (``layerwise``: the sums are over the
 bucket's rows, padding excluded, see :class:`optimlab.core.Segments`); the kernel returns its
@@ -47,7 +58,7 @@ import torch
 
 from ..core import Transform, axpy_, scale_
 
-__all__ = ["scale_by_prodigy", "scale_by_dadapt_adam"]
+__all__ = ["scale_by_prodigy", "scale_by_dadapt_adam", "reprice_eps_"]
 
 
 def _zeros(p):
@@ -78,10 +89,12 @@ def _add_decay(u, new: list, mask, wd) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class scale_by_prodigy(Transform):
-    """Prodigy's step (see the module docstring), ``weight_decay`` included when ``decouple``.
-    State: ``exp_avg``, ``exp_avg_sq``, ``s``, ``p0`` (like p). Reads ``d``, ``d0``, ``lr``,
-    ``betas``, ``beta3``, ``eps``, ``weight_decay`` and adds its partial sums to
-    ``group["_d_sums"]``. Use with ``lr_key=None``: the update is the whole step."""
+    """Prodigy's step (see the module docstring), ``weight_decay`` included when ``decouple``,
+    taken with ``d eps`` in the denominator (the optimizer moves it to ``d' eps`` with
+    :func:`reprice_eps_` once the group's ``d'`` is known). State: ``exp_avg``, ``exp_avg_sq``,
+    ``s``, ``p0`` (like p). Reads ``d``, ``d0``, ``lr``, ``betas``, ``beta3``, ``eps``,
+    ``weight_decay`` and adds its partial sums to ``group["_d_sums"]``. Use with ``lr_key=None``:
+    the update is the whole step."""
 
     bias_correction: bool = True
     safeguard_warmup: bool = False
@@ -99,7 +112,7 @@ class scale_by_prodigy(Transform):
         b1, b2 = (float(b) for b in group["betas"])
         b3 = prodigy_beta3(group)
         d, d0 = float(group["d"]), float(group["d0"])
-        dlr = d * float(group["lr"]) * _bias_correction(group, step, self.bias_correction)
+        dlr = prodigy_dlr(group, d, step, self.bias_correction)
         return {"b1": b1, "(1-b1)d": (1.0 - b1) * d, "b2": b2, "(1-b2)d^2": (1.0 - b2) * d * d, "b3": b3,
                 "s_coef": d / d0 * (d if self.safeguard_warmup else dlr), "num_coef": d / d0 * dlr,
                 "d*eps": d * group["eps"], "dlr": dlr, "wd": group["weight_decay"], "sums": group["_d_sums"]}
@@ -141,6 +154,27 @@ class scale_by_prodigy(Transform):
         if self.decouple:
             new = _decayed(u, new, s["wd"])
         u.replace([new * s["dlr"]], fresh=True)
+
+
+def reprice_eps_(params: list, m: list, v: list, dlr: float, eps_old: float, eps_new: float) -> None:
+    """Move a step taken as ``p - dlr m / (sqrt(v) + eps_old)`` to ``p - dlr m / (sqrt(v) + eps_new)``,
+    in place: ``p <- p + dlr (eps_new - eps_old) m / ((sqrt(v) + eps_old)(sqrt(v) + eps_new))``
+    (the difference of the two reciprocals, written without cancellation). Prodigy's
+    ``eps_old = d eps``, ``eps_new = d' eps``. One temporary: the product of the denominators is
+    formed in place as ``v + (eps_old + eps_new) sqrt(v) + eps_old eps_new`` (positive terms);
+    a second, fresh buffer costs as much as the rest of the pass on a CPU."""
+    if not params or eps_new == eps_old:
+        return
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_mul_(denom, eps_old + eps_new)
+    torch._foreach_add_(denom, v)
+    torch._foreach_add_(denom, eps_old * eps_new)
+    torch._foreach_addcdiv_(params, m, denom, value=dlr * (eps_new - eps_old))
+
+
+def prodigy_dlr(group, d: float, step: int, bias_correction: bool) -> float:
+    """Prodigy's step size ``dlr = d lr bc`` at ``step`` (``bc`` as in the module docstring)."""
+    return d * float(group["lr"]) * _bias_correction(group, step, bias_correction)
 
 
 def prodigy_beta3(group) -> float:
