@@ -320,9 +320,10 @@ class Transform:
 # ---------------------------------------------------------------------------------------------
 def invalid(name: str, value: Any, why: str) -> ValueError:
     """torch's wording (``Invalid learning rate: -1``, ``Invalid weight_decay value: -1``, which
-    code and torch's own tests match on), followed by what a valid value is."""
+    code and torch's own tests match on), then the argument and what a valid value is:
+    ``Invalid learning rate: -1 (lr must be >= 0)``."""
     label = {"lr": "learning rate", "eps": "epsilon value"}.get(name, f"{name} value")
-    return ValueError(f"Invalid {label}: {value} ({why})")
+    return ValueError(f"Invalid {label}: {value} ({name} {why})")
 
 
 def _num(name: str, value: Any) -> float:
@@ -334,7 +335,7 @@ def _num(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Invalid {name}: {value!r} (expected a number, got {type(value).__name__})")
     if math.isnan(value):
-        raise invalid(name, value, "NaN")
+        raise invalid(name, value, "is NaN")
     return float(value)
 
 
@@ -360,7 +361,7 @@ def check_betas(name: str, value: Any, n: int = 2) -> None:
     for i, b in enumerate(value):
         if not 0.0 <= _num(f"{name}[{i}]", b) < 1.0:
             what = "beta" if name == "betas" else name
-            raise ValueError(f"Invalid {what} parameter at index {i}: {b} (must be in [0, 1))")
+            raise ValueError(f"Invalid {what} parameter at index {i}: {b} ({name}[{i}] must be in [0, 1))")
 
 
 def check_int(name: str, value: Any, minimum: int = 0) -> None:
@@ -434,6 +435,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     accumulate_steps = 1
     #: skip (and count) a step whose gradients are not all finite
     skip_nonfinite = False
+    #: False: complex parameters are refused when stepped (torch's Adafactor and Muon raise then)
+    complex_params = True
     #: whether the chain handles sparse gradients (SparseAdam); others refuse them clearly
     sparse_gradients = False
     #: whether sparse gradients are accepted by stepping with their dense form (SGD, Adagrad:
@@ -680,6 +683,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             g = self._grad(p)
             if g is None:
                 continue
+            if not self.complex_params and p.is_complex():
+                raise RuntimeError(f"{type(self).__name__} does not support complex parameters (got one of shape "
+                                   f"{tuple(p.shape)}); optimise torch.view_as_real(p) instead")
             if g.is_sparse and self.densify_sparse_gradients:
                 # torch's SGD and Adagrad take sparse gradients; their update equals the dense
                 # one (Adagrad's accumulator and step are unchanged where the gradient is 0)

@@ -43,13 +43,6 @@ from ._base import Optimizer
 __all__ = ["Adafactor", "Muon", "SparseAdam"]
 
 
-def _real_params(opt, group) -> None:
-    for p in group["params"]:
-        if torch.is_complex(p):
-            raise RuntimeError(f"{type(opt).__name__} does not support complex parameters "
-                             f"(got one of shape {tuple(p.shape)}); optimise view_as_real(p) instead")
-
-
 def _decoupled_decay(group) -> list[Transform]:
     """torch's decoupled ``weight_decay``: ``p <- (1 - lr weight_decay) p`` before the step."""
     return [decay_weights("weight_decay", group["decay_mask"], lr_key="lr")] if group["weight_decay"] != 0 else []
@@ -64,6 +57,8 @@ class Adafactor(Optimizer):
     Example: ``optimlab.Adafactor(model.parameters(), lr=1e-2, weight_decay=1e-2)``.
     """
 
+    complex_params = False  # refused when stepped, as torch does
+
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
                  foreach=None, maximize=False, **options):
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
@@ -72,7 +67,6 @@ class Adafactor(Optimizer):
 
     def check_group(self, group):
         super().check_group(group)
-        _real_params(self, group)
         if not group["beta2_decay"] <= 0:
             raise ValueError(f"beta2_decay should be <= 0 but is: {group['beta2_decay']} (beta2_t = 1 - t^beta2_decay)")
         eps = group["eps"]
@@ -99,7 +93,7 @@ def check_orthogonalization(group: dict) -> None:
         raise ValueError(f"Invalid ns_coefficients: {coefs!r} (expected 3 numbers (a, b, c))")
     if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
         raise ValueError(f"Adjust learning rate function {group['adjust_lr_fn']} is not supported; "
-                         f"use one of {ADJUST_LR_FNS}")
+                         f"adjust_lr_fn must be one of {ADJUST_LR_FNS}")
 
 
 @register("muon", torch_name="Muon")
@@ -111,6 +105,7 @@ class Muon(Optimizer):
     """
 
     state_step = False  # torch keeps no step count for Muon
+    complex_params = False  # refused when stepped, as torch does
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, **options):
@@ -120,7 +115,6 @@ class Muon(Optimizer):
 
     def check_group(self, group):
         super().check_group(group)
-        _real_params(self, group)
         for p in group["params"]:
             if p.ndim != 2:
                 raise ValueError(

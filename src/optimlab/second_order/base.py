@@ -142,12 +142,15 @@ class ClosureOptimizer(torch.optim.Optimizer):
         if unknown:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {sorted(unknown)}; "
                             f"its hyperparameters are {sorted(defaults)} plus {sorted(_OPTION_DEFAULTS)}")
+        defaults = {**defaults, **_OPTION_DEFAULTS, **options}
+        self.check_group({**defaults, "params": []})  # hyperparameters first, as torch checks them
         if isinstance(params, Tensor):
-            raise TypeError("params should be an iterable of Tensors or dicts, got a Tensor; wrap it in a list")
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            "but got a Tensor; wrap it in a list: [tensor]")
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
-        super().__init__(params, {**defaults, **_OPTION_DEFAULTS, **options})
+        super().__init__(params, defaults)
         self.cost = Cost()
         self.last_line_search: LineSearchResult | None = None
         self._warned_fd = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +56,10 @@ def call_closure(closure: Callable, params: list[Tensor], graph: bool, who: str)
         # p.grad (which such a closure may also have set by hand)
         grads = [p.grad for p in params]
         if not reached and all(g is None for g in grads):
-            raise RuntimeError("the closure's loss does not depend on the parameters (no grad_fn) and it set no "
-                               "gradients; return the loss tensor, or call loss.backward() in the closure")
+            # torch's LBFGS reads a zero gradient here (and stops: it is below tolerance_grad)
+            warnings.warn(f"{who}: the closure's loss does not depend on the parameters (no grad_fn) and it set "
+                          "no gradients, so the step sees a zero gradient; return the loss tensor, or call "
+                          "loss.backward() in the closure", UserWarning, stacklevel=4)
     else:  # the closure left differentiation to us
         with torch.enable_grad():
             grads = list(torch.autograd.grad(loss, params, create_graph=graph, allow_unused=True))
