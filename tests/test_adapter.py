@@ -303,3 +303,28 @@ def test_switching_momentum_on_mid_run_matches_torch():
             opt.step()
     for a, b in zip(net_a.parameters(), net_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("AdamW", dict(amsgrad=True)), ("SGD", dict(lr=0.1, momentum=0.9)),
+                                         ("Adagrad", dict(lr_decay=0.01))])
+def test_plain_torch_algorithms_run_torchs_fused_kernel(name, kwargs):
+    """With none of optimlab's extras, Adam, AdamW, SGD and Adagrad step with torch's fused kernel
+    (the same numbers as the chain, one pass over memory); an extra, ``fused=False`` or a
+    differentiable step switches back to the chain."""
+    p = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    cls = getattr(optimlab, name)
+    assert cls([p], **kwargs).native(cls([p], **kwargs).param_groups[0]) is not None
+    for extra in (dict(fused=False), dict(l2=0.1), dict(clip_grad_norm=1.0), dict(decay_mask="no_bias_norm"),
+                  dict(differentiable=True)):
+        opt = cls([p], **kwargs, **extra)
+        assert opt.native(opt.param_groups[0]) is None or extra.get("differentiable"), extra
+    # same trajectory either way, with a first step where SGD's momentum buffer starts as the gradient
+    ps = [torch.nn.Parameter(p.detach().clone()) for _ in range(2)]
+    fast, chain = cls([ps[0]], **kwargs), cls([ps[1]], fused=False, **kwargs)
+    for i in range(5):
+        g = torch.randn(5, 3, dtype=torch.float64)
+        for q, o in zip(ps, (fast, chain)):
+            q.grad = g.clone()
+            o.step()
+    torch.testing.assert_close(ps[0], ps[1], rtol=1e-12, atol=1e-14)
+    assert fast.state_dict()["state"].keys() == chain.state_dict()["state"].keys()

@@ -38,10 +38,13 @@ def train(net, opt, steps, *, none_grads=False, change=None, set_to_none=True):
 
 
 def triple(cls, groups, **kwargs):
-    """The same net three times: compiled optimlab, eager optimlab, torch.optim."""
+    """The same net three times: compiled optimlab, eager optimlab, torch.optim. The eager one
+    runs the chain itself (``fused=False``), not torch's fused kernel that plain Adam, AdamW, SGD
+    and Adagrad call by default."""
     nets = [make_net(F64) for _ in range(3)]
     ours = getattr(optimlab, cls)(split_groups(list(nets[0].parameters()), groups), compile=True, **kwargs)
-    eager = getattr(optimlab, cls)(split_groups(list(nets[1].parameters()), groups), **kwargs)
+    chain_only = {"fused": False} if cls in ("Adam", "AdamW", "SGD", "Adagrad") else {}
+    eager = getattr(optimlab, cls)(split_groups(list(nets[1].parameters()), groups), **kwargs, **chain_only)
     theirs = getattr(torch.optim, cls)(split_groups(list(nets[2].parameters()), groups), **kwargs)
     return nets, (ours, eager, theirs)
 
@@ -192,13 +195,19 @@ def test_chain_change_mid_run_rebuilds():
     assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
 
 
-def test_grad_accumulation_and_fused_flag():
-    net, ref = make_net(F64), make_net(F64)
-    opt = optimlab.Adam(net.parameters(), lr=0.01, fused=True, accumulate_steps=2)
-    opt_ref = optimlab.Adam(ref.parameters(), lr=0.01, accumulate_steps=2)
-    train(net, opt, 8)
-    train(ref, opt_ref, 8)
-    assert flat_buckets(opt)
+def test_grad_accumulation_compiled_and_fused_flag():
+    """Accumulated steps on the compiled path, and ``fused=True`` (torch's fused kernel for plain
+    Adam, the flat engine where optimlab's extras are on) with the same numbers."""
+    net, ref, fused, extra = make_net(F64), make_net(F64), make_net(F64), make_net(F64)
+    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, accumulate_steps=2)
+    opt_ref = optimlab.Adam(ref.parameters(), lr=0.01, accumulate_steps=2, fused=False)
+    opt_fused = optimlab.Adam(fused.parameters(), lr=0.01, fused=True, accumulate_steps=2)
+    opt_extra = optimlab.Adam(extra.parameters(), lr=0.01, fused=True, accumulate_steps=2, l2=1e-12)
+    for n, o in ((net, opt), (ref, opt_ref), (fused, opt_fused), (extra, opt_extra)):
+        train(n, o, 8)
+    assert flat_buckets(opt) and flat_buckets(opt_extra) and not flat_buckets(opt_fused)
+    assert rel_err(fused.parameters(), ref.parameters()) <= 1e-12
+    assert rel_err(extra.parameters(), ref.parameters()) <= 1e-9
     assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
     # p.grad keeps the last micro-batch's gradient, not the mean the step used
     for p, q in zip(net.parameters(), ref.parameters()):

@@ -454,6 +454,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             raise NotImplementedError(f"{type(self).__name__} must override build(group)")
         return self._fixed_chain
 
+    def native(self, group: dict) -> Callable | None:
+        """torch's own kernel for this group's step, where it computes exactly the chain (Adam,
+        AdamW, SGD, Adagrad with none of optimlab's extras): a callable
+        ``(params, grads, states, step) -> bool`` that steps one bucket (and advances its step
+        counts) or returns False to leave it to the chain. None: always the chain."""
+        return None
+
     def check_group(self, group: dict) -> None:
         """Validate a group's hyperparameters (subclasses extend; raise ValueError naming the
         argument and its value)."""
@@ -721,7 +728,9 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _step_group(self, group: dict) -> None:
         if group.get("fused"):
             _check_fused(group)
-        if (self.compile is not False or group.get("fused")) and not group.get("differentiable"):
+        # torch's fused kernel where it is the same algorithm, unless the compiled path was asked for
+        native = None if self.compile is True or group.get("differentiable") else self.native(group)
+        if native is None and (self.compile is not False or group.get("fused")) and not group.get("differentiable"):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
             group = self._flat_engine().step_group(self, group)
             if group is None:
@@ -730,6 +739,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         maximize = group.get("maximize", False)
         lr = self._lr(group)
         for (step, *_), (params, grads, states, names) in buckets.items():
+            if native is not None and native(params, grads, states, step):
+                continue
             self._set_steps(params, states, step + 1)
             keys = dict.fromkeys(k for st in states for k in st if k not in _ENGINE_KEYS)
             state = {k: [st.get(k) for st in states] for k in keys}

@@ -5,7 +5,9 @@ TORCH_CASES = [
     Case("sgd-momentum", "SGD", "SGD", dict(lr=0.05, momentum=0.9)),
     Case("sgd-dampening", "SGD", "SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
     Case("sgd-nesterov-wd", "SGD", "SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1)),
-    Case("sgd-maximize", "SGD", "SGD", dict(lr=0.01, momentum=0.9, maximize=True)),
+    # ascent grows the weights, so the one rounding per step in which torch's fused kernel
+    # (which optimlab calls) differs from its for-loop compounds to ~1e-5 over 50 float32 steps
+    Case("sgd-maximize", "SGD", "SGD", dict(lr=0.01, momentum=0.9, maximize=True), rtol32=5e-5),
     Case("sgd-groups-change", "SGD", "SGD", dict(lr=0.05, momentum=0.9),
          groups=[{}, {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.1}], change={"lr": 0.02, "momentum": 0.7}),
     Case("sgd-none-grads", "SGD", "SGD", dict(lr=0.05, momentum=0.9), none_grads=True),

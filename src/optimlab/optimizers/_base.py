@@ -37,7 +37,28 @@ from ..core import ChainOptimizer, Transform, as_mask, check_int, check_nonneg, 
 from ..transforms.clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
 from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
 
-__all__ = ["Optimizer", "EXTRA_DEFAULTS"]
+__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready"]
+
+#: device types with torch's fused Adam/AdamW/SGD/Adagrad kernels
+_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def fused_ready(params, grads, states=None) -> bool:
+    """Whether torch's fused kernels take this bucket: dense, real floating-point tensors on a
+    device they support, and (if given) step counts that can move next to them."""
+    p0 = params[0]
+    if p0.device.type not in _FUSED_DEVICES or p0.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return False
+    if any(p.is_complex() or p.device != p0.device or p.dtype != p0.dtype for p in params):
+        return False
+    if any(g.is_sparse or g.dtype != p0.dtype or g.device != p0.device for g in grads):
+        return False
+    if states is not None:
+        for st in states:  # torch's fused kernels keep the step count as float32 on the device
+            t = st["step"]
+            if t.device != p0.device or t.dtype != torch.float32:
+                st["step"] = t.to(device=p0.device, dtype=torch.float32)
+    return True
 
 EXTRA_DEFAULTS: dict[str, Any] = {
     "l1": 0.0,
@@ -121,6 +142,19 @@ class Optimizer(ChainOptimizer):
         if group["l1"] != 0:
             post.append(l1_prox("l1", self.lr_key, mask))
         return pre + list(self.core(group)) + post
+
+    # -- torch's kernels ------------------------------------------------------------------------
+    def plain(self, group: dict) -> bool:
+        """True when the group uses none of the options above (nor a tensor hyperparameter, nor
+        flags torch's fused kernels refuse): its step is then exactly torch's algorithm."""
+        if group["fused"] is False or group.get("capturable") or group.get("differentiable"):
+            return False
+        if any(group[k] for k in ("l1", "l2", "decoupled_decay", "independent_decay")):
+            return False
+        if any(group[k] is not None for k in ("decay_mask", "clip_grad_value", "clip_param_grad_norm", "clip_grad_norm")):
+            return False
+        return not any(isinstance(v, torch.Tensor) or (isinstance(v, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in v))
+                       for k, v in group.items() if k not in ("params", "param_names"))
 
     # -- whole-optimizer decisions ---------------------------------------------------------------
     def _needs_global_norm(self) -> bool:

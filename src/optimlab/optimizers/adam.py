@@ -15,12 +15,13 @@ Example::
 from __future__ import annotations
 
 from torch import Tensor
+from torch.optim.adam import adam as torch_adam  # torch's functional Adam, called with fused=True
 
 from ..core import check_betas, check_nonneg
 from ..transforms.adam import scale_by_adam
 from ..transforms.regularize import add_decayed_weights
 from ..registry import register
-from ._base import Optimizer
+from ._base import Optimizer, fused_ready
 
 __all__ = ["Adam", "AdamW"]
 
@@ -50,6 +51,26 @@ class Adam(Optimizer):
                 if isinstance(value, Tensor):
                     raise ValueError(f"{key} as a Tensor is not supported for capturable=False and "
                                      "foreach=True; pass a float, or foreach=None")
+
+    def native(self, group):
+        """torch's fused Adam/AdamW kernel (one pass over memory) when the group is plain Adam."""
+        if type(self).core is not Adam.core or not self.plain(group):
+            return None
+        b1, b2 = group["betas"]
+        amsgrad = group["amsgrad"]
+
+        def step(params, grads, states, _):
+            if not fused_ready(params, grads, states):
+                return False
+            torch_adam(
+                params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                [st["max_exp_avg_sq"] for st in states] if amsgrad else [], [st["step"] for st in states],
+                fused=True, decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad,
+                beta1=float(b1), beta2=float(b2), lr=group["lr"], weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=group["maximize"])
+            return True
+
+        return step
 
     def core(self, group):
         if group["decoupled_weight_decay"]:

@@ -18,11 +18,13 @@ Example::
 
 from __future__ import annotations
 
+from torch.optim.adagrad import adagrad as torch_adagrad  # torch's functional Adagrad, fused=True
+
 from ..core import check_betas, check_nonneg, invalid
 from ..registry import register
 from ..transforms.adagrad_rms import scale_by_adadelta, scale_by_adamax, scale_by_inverse_time_decay, scale_by_rms, scale_by_rss
 from ..transforms.momentum import trace
-from ._base import Optimizer
+from ._base import Optimizer, fused_ready
 
 __all__ = ["Adagrad", "RMSprop", "Adadelta", "Adamax"]
 
@@ -64,6 +66,21 @@ class Adagrad(Optimizer):
             raise RuntimeError("weight_decay option is not compatible with sparse gradients; "
                                "use weight_decay=0 with sparse embeddings")
         return g
+
+    def native(self, group):
+        """torch's fused Adagrad kernel when the group is plain Adagrad."""
+        if type(self).core is not Adagrad.core or not self.plain(group):
+            return None
+
+        def step(params, grads, states, _):
+            if not fused_ready(params, grads, states):
+                return False
+            torch_adagrad(params, grads, [st["sum"] for st in states], [st["step"] for st in states],
+                                        fused=True, lr=group["lr"], weight_decay=group["weight_decay"],
+                                        lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])
+            return True
+
+        return step
 
     def core(self, group):
         chain = self.weight_decay(group) + [scale_by_rss()]

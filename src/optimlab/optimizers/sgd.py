@@ -12,10 +12,12 @@ Example::
 
 from __future__ import annotations
 
+from torch.optim.sgd import sgd as fused_sgd  # torch's functional SGD, called with fused=True
+
 from ..core import check_nonneg
 from ..transforms.momentum import trace
 from ..registry import register
-from ._base import Optimizer
+from ._base import Optimizer, fused_ready
 
 __all__ = ["SGD"]
 
@@ -41,6 +43,28 @@ class SGD(Optimizer):
                 f"Nesterov momentum requires a momentum and zero dampening (got momentum="
                 f"{group['momentum']}, dampening={group['dampening']}); set momentum > 0, dampening=0"
             )
+
+    def native(self, group):
+        """torch's fused SGD kernel when the group is plain SGD (torch's rule for the first step:
+        the momentum buffer starts as the gradient)."""
+        if type(self).core is not SGD.core or not self.plain(group):
+            return None
+        momentum = group["momentum"]
+
+        def step(params, grads, states, count):
+            if not fused_ready(params, grads):
+                return False
+            bufs = [st.get("momentum_buffer") if count > 0 else None for st in states] if momentum else [None] * len(params)
+            fused_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"], momentum=momentum,
+                                lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+                                maximize=group["maximize"])
+            if momentum:
+                for st, buf in zip(states, bufs):
+                    st["momentum_buffer"] = buf
+            self._set_steps(params, states, count + 1)
+            return True
+
+        return step
 
     def core(self, group):
         chain = self.weight_decay(group)
