@@ -36,7 +36,8 @@ def main() -> int:
         m = r["test_metric"]
         ok = m is not None and (m >= t.target if t.higher_is_better else m <= t.target)
         failed += not ok
-        shown = "-" if m is None else f"{m:.4g} ± {r['test_metric_sd']:.2g}"
+        sd = r["test_metric_sd"]  # None with one successful seed
+        shown = "-" if m is None else f"{m:.4g}" + (" (1 seed)" if sd is None else f" ± {sd:.2g}")
         goal = (">= " if t.higher_is_better else "<= ") + f"{t.target:g}"
         print(f"{r['task']:<22} {r['label']:<18} {shown:<26} {goal:<10} {'yes' if ok else 'NO':<8} {r['seconds']:.1f}")
 

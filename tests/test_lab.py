@@ -127,12 +127,16 @@ def test_verdict_reads_the_evidence():
             [_fake("sgd", "sgd", s, 300 + s, 0.93 + 0.001 * s) for s in range(3)]
     v = verdict(summarize(holds), "t")
     assert v["verdict"] == "holds" and v["faster"] and v["generalizes_better"]
-    flipped = [_fake("adam", "adam", s, None, 0.90 + 0.001 * s) for s in range(3)] + \
-              [_fake("sgd", "sgd", s, 200, 0.95 + 0.001 * s) for s in range(3)]
+    # never reaching the target against always reaching it takes 5 seeds a side to show at 5%
+    # (with 3, the exact rank test cannot go below p=0.1; tests/test_verdict.py has the details)
+    flipped = [_fake("adam", "adam", s, None, 0.90 + 0.001 * s) for s in range(5)] + \
+              [_fake("sgd", "sgd", s, 200, 0.95 + 0.001 * s) for s in range(5)]
     assert verdict(summarize(flipped), "t")["verdict"] == "does not hold"
     noisy = [_fake("adam", "adam", s, 100, [0.90, 0.97, 0.93][s]) for s in range(3)] + \
             [_fake("sgd", "sgd", s, 100, [0.94, 0.91, 0.95][s]) for s in range(3)]
-    assert "unclear" in verdict(summarize(noisy), "t")["verdict"]
+    v = verdict(summarize(noisy), "t")
+    assert v["generalizes_better"] is None and v["faster"] is None
+    assert v["verdict"] == "inconclusive (faster: equally fast; generalizes better: no significant difference)"
 
 
 def test_compare_cli_end_to_end(tmp_path, capsys):
