@@ -7,8 +7,8 @@ Every configuration and error input comes from torch's ``optim_db``
 1. trajectory   same parameters as torch.optim after every step (float64, 1e-10 relative), for
                 every optim input and every implementation torch has on CPU (for-loop, foreach;
                 fused -- optimlab's compiled path -- on the default input), with a step without
-                gradients and a frozen layer; a tensor learning rate; LBFGS through a closure,
-                including the points its line search evaluates;
+                gradients and a frozen layer; strided parameters; a tensor learning rate; LBFGS
+                through a closure, including the points its line search evaluates;
    impls        optimlab's own for-loop / foreach / fused agree (parameters and state);
 2. errors       every error input raises (or warns) the same exception type as torch;
 3. complex      a complex parameter steps like torch, and like its own real view;
@@ -49,6 +49,13 @@ OptimizerErrorEnum = common_optimizers.OptimizerErrorEnum
 # Known failures: cause -> test ids ("*" matches anything). Strict: a fixed case must be removed.
 # ---------------------------------------------------------------------------------------------
 KNOWN_FAILURES: dict[str, list[str]] = {
+    "strided (non-contiguous) parameters: the for-loop and foreach updates of Adagrad, Adam, AdamW "
+    "and SGD land on the wrong elements (fused is right)": [
+        "test_noncontiguous[Adagrad-forloop]", "test_noncontiguous[Adagrad-foreach]",
+        "test_noncontiguous[Adam-forloop]", "test_noncontiguous[Adam-foreach]",
+        "test_noncontiguous[AdamW-forloop]", "test_noncontiguous[AdamW-foreach]",
+        "test_noncontiguous[SGD-forloop]", "test_noncontiguous[SGD-foreach]",
+    ],
     "differentiable=True does its scalar maths on the float32 state['step'] tensor (torch uses "
     "step.item()): ~1e-7 relative error in float64": [
         "test_differentiable_inputs[Adam-*]", "test_differentiable_inputs[AdamW-*]",
@@ -158,12 +165,15 @@ def kwargs_of(name, index, impl="forloop"):
 X = torch.tensor([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
 
 
-def make_params(name, dtype=F64, seed=0):
+def make_params(name, dtype=F64, seed=0, contiguous=True):
+    """``contiguous=False``: every parameter a strided view (``x[..., 0]`` of a larger tensor)."""
     shapes = [(3, 2), (4, 3)] if name == "Muon" else [(3, 2), (3,), (1, 3), (1,), ()]
     if INFOS[name].only_supports_sparse_grads:
         shapes = shapes[:-1]  # a 0-d parameter with a sparse gradient has its own case in test_sparse
     g = torch.Generator().manual_seed(seed)
-    return [(0.5 * torch.randn(s, generator=g, dtype=dtype)).requires_grad_() for s in shapes]
+    if contiguous:
+        return [(0.5 * torch.randn(s, generator=g, dtype=dtype)).requires_grad_() for s in shapes]
+    return [(0.5 * torch.randn(*s, 2, generator=g, dtype=dtype))[..., 0].requires_grad_() for s in shapes]
 
 
 def loss_of(params, frozen=False):
@@ -209,8 +219,8 @@ def flat(params):
     return torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
 
-def run(cls, name, kwargs, steps=7):
-    params = make_params(name)
+def run(cls, name, kwargs, steps=7, contiguous=True):
+    params = make_params(name, contiguous=contiguous)
     opt = cls(params, **copy.deepcopy(kwargs))
     history = []
     for step in range(steps):
@@ -250,6 +260,17 @@ def test_trajectory(name, index, impl):
     ours, _, _ = run(OURS[name], name, kwargs)
     go = lambda i: run(INFOS[name].optim_cls, name, kwargs_of(name, index, i))[0]  # noqa: E731
     assert_like_torch(impl, go, ours, kwargs=kwargs)
+
+
+@pytest.mark.parametrize("name,impl", cases("test_noncontiguous", [
+    (f"{n}-{impl}", n, impl) for n in STEPPED for impl in impls(n)]))
+def test_noncontiguous(name, impl):
+    """Strided parameters (torch's test_forloop_goes_right_direction with contiguous=False)."""
+    kwargs = kwargs_of(name, 0, impl)
+    ours, _, params = run(OURS[name], name, kwargs, contiguous=False)
+    assert not params[0].is_contiguous()
+    go = lambda i: run(INFOS[name].optim_cls, name, kwargs_of(name, 0, i), contiguous=False)[0]  # noqa: E731
+    assert_like_torch(impl, go, ours, "strided parameters", kwargs)
 
 
 @pytest.mark.parametrize("name,impl", cases("test_tensor_lr", [
