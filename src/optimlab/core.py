@@ -525,6 +525,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     #: keep no count; for them (False) the counts live in ``_counts`` and the state_dict's
     #: ``"optimlab"`` entry.
     state_step = True
+    #: True: ``state["step"]`` is a Python int (torch's SparseAdam), not a 0-d tensor
+    step_as_int = False
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -568,7 +570,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             for k in [k for k, v in st.items() if v is None]:
                 del st[k]
             step = st.get("step")
-            if self.state_step:
+            if self.state_step and self.step_as_int:
+                if isinstance(step, Tensor):
+                    st["step"] = int(step.item())
+            elif self.state_step:
                 if step is not None and not isinstance(step, Tensor):
                     st["step"] = torch.tensor(float(step), dtype=step_dtype())
                 elif st and step is None:  # state from an optimizer that keeps no count
@@ -592,6 +597,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             for p in params:
                 self._counts[p] = step
             return
+        if self.step_as_int:
+            for st in states:
+                st["step"] = step
+            return
         for st in states:
             t = st.get("step")
             if isinstance(t, Tensor):
@@ -608,7 +617,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             return None
         lr = group[self.lr_key]
         if isinstance(lr, Tensor):  # a tensor lr on the graph stays one (differentiable=True)
-            return lr if lr.requires_grad and torch.is_grad_enabled() else lr.item()
+            return lr.reshape(()) if lr.requires_grad and torch.is_grad_enabled() else lr.item()
         return lr
 
     def step(self, closure: Callable[[], Any] | None = None):
@@ -747,11 +756,12 @@ class ChainOptimizer(torch.optim.Optimizer):
             if any(p.is_complex() for p in params):  # torch's rule: a complex tensor is its real view
                 params, grads = _real_views(params), _real_views(grads)
                 state = {k: _real_views(v) for k, v in state.items()}
-            u = Updates(params, grads, state, names, step + 1)
-            if maximize:
-                u.replace(torch._foreach_neg(grads), fresh=True)
-            scalars = self._scalars(chain, group, step + 1, states)
-            run_chain(chain, u, scalars, lr)
+            scalars = self._scalars(chain, group, step + 1, states)  # once: host state advances
+            for piece in _pieces(chain, params, grads, state, names):
+                u = Updates(*piece, step + 1)
+                if maximize:
+                    u.replace(torch._foreach_neg(u.grads), fresh=True)
+                run_chain(chain, u, scalars, lr)
 
     def _flat_engine(self):
         """The flat-buffer engine (:mod:`optimlab._flat`), created on first use."""
@@ -818,6 +828,50 @@ def store_host(states: list[dict], key: str, value: float) -> None:
             t.fill_(value)
         else:
             st[key] = torch.tensor(value, dtype=step_dtype())
+
+
+#: the eager path runs an elementwise chain over pieces of about this many entries (whole small
+#: tensors together, large ones in slices), so that the chain's passes over a piece find it in
+#: cache -- what torch's per-tensor for-loop gets, without its per-tensor Python overhead
+PIECE = 1 << 18
+
+
+def _pieces(chain, params: list, grads: list, state: dict, names: list):
+    """``(params, grads, state, names)`` lists for :class:`Updates`, a cache-sized piece at a time
+    (everything at once for small buckets, non-elementwise chains and differentiable steps)."""
+    if sum(p.numel() for p in params) <= 2 * PIECE or torch.is_grad_enabled() or not all(t.elementwise for t in chain):
+        yield params, grads, state, names
+        return
+    # a mask selects by name and shape: only whole tensors may go to a masked chain
+    sliceable = not any(getattr(t, "mask", None) is not None for t in chain)
+    keys = list(state)
+    idx: list[int] = []
+    size = 0
+    for i, p in enumerate(params):
+        n = p.numel()
+        g = grads[i]
+        whole = [state[k][i] for k in keys]
+        if (sliceable and n > 2 * PIECE and p.is_contiguous() and g.is_contiguous() and g.shape == p.shape
+                and all(not isinstance(v, Tensor) or v.shape != p.shape or v.is_contiguous() for v in whole)):
+            flat = [v.view(-1) if isinstance(v, Tensor) and v.shape == p.shape else None for v in whole]
+            pv, gv = p.view(-1), g.view(-1)
+            for a in range(0, n, PIECE):
+                b = a + PIECE
+                yield ([pv[a:b]], [gv[a:b]],
+                       {k: [v if f is None else f[a:b]] for k, v, f in zip(keys, whole, flat)}, [names[i]])
+            continue
+        idx.append(i)
+        size += n
+        if size >= PIECE:
+            yield _take(idx, params, grads, state, names)
+            idx, size = [], 0
+    if idx:
+        yield _take(idx, params, grads, state, names)
+
+
+def _take(idx: list[int], params, grads, state, names):
+    return ([params[i] for i in idx], [grads[i] for i in idx], {k: [v[i] for i in idx] for k, v in state.items()},
+            [names[i] for i in idx])
 
 
 def _keep_copy(t: Tensor) -> Tensor:

@@ -44,14 +44,17 @@ _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def fused_ready(params, grads, states=None) -> bool:
-    """Whether torch's fused kernels take this bucket: dense, real floating-point tensors on a
-    device they support, and (if given) step counts that can move next to them."""
+    """Whether torch's fused kernels take this bucket: dense, contiguous (the kernels index
+    parameters, gradients and state alike), real floating-point tensors on a device they support,
+    and (if given) step counts that can move next to them."""
     p0 = params[0]
     if p0.device.type not in _FUSED_DEVICES or p0.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return False
-    if any(p.is_complex() or p.device != p0.device or p.dtype != p0.dtype for p in params):
+    if any(p.is_complex() or p.device != p0.device or p.dtype != p0.dtype or not p.is_contiguous() for p in params):
         return False
-    if any(g.is_sparse or g.dtype != p0.dtype or g.device != p0.device for g in grads):
+    if any(g.is_sparse or g.dtype != p0.dtype or g.device != p0.device or not g.is_contiguous() for g in grads):
+        return False
+    if states is not None and not all(v.is_contiguous() for st in states for v in st.values() if isinstance(v, torch.Tensor)):
         return False
     if states is not None:
         for st in states:  # torch's fused kernels keep the step count as float32 on the device

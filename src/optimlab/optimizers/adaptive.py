@@ -116,7 +116,7 @@ class RMSprop(Optimizer):
     def core(self, group):
         chain = self.weight_decay(group) + [scale_by_rms(centered=group["centered"])]
         if group["momentum"] != 0:
-            chain.append(trace())  # b <- momentum b + u from b = 0: no dampening
+            chain.append(trace(start_from_grad=False))  # b <- momentum b + u, no dampening
         return chain
 
 

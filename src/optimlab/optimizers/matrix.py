@@ -175,6 +175,8 @@ class SparseAdam(Optimizer):
     Example: ``optimlab.SparseAdam(nn.Embedding(10_000, 64, sparse=True).parameters(), lr=1e-2)``.
     """
 
+    step_as_int = True  # torch's SparseAdam keeps an int count
+
     sparse_gradients = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, **options):

@@ -85,16 +85,24 @@ def cubic_minimizer(t1: float, f1: float, d1: float, t2: float, f2: float, d2: f
     the cubic has no minimiser (Nocedal & Wright eq. 3.59)."""
     if lo is None or hi is None:
         lo, hi = min(t1, t2), max(t1, t2)
-    a = d1 + d2 - 3 * (f1 - f2) / (t1 - t2)
+    a = d1 + d2 - 3 * _div(f1 - f2, t1 - t2)
     disc = a * a - d1 * d2
-    if disc < 0:
+    if not disc >= 0:  # also NaN
         return (lo + hi) / 2
     b = math.sqrt(disc)
     if t1 <= t2:
-        t = t2 - (t2 - t1) * ((d2 + b - a) / (d2 - d1 + 2 * b))
+        t = t2 - (t2 - t1) * _div(d2 + b - a, d2 - d1 + 2 * b)
     else:
-        t = t1 - (t1 - t2) * ((d1 + b - a) / (d1 - d2 + 2 * b))
+        t = t1 - (t1 - t2) * _div(d1 + b - a, d1 - d2 + 2 * b)
     return min(max(t, lo), hi)
+
+
+def _div(a: float, b: float) -> float:
+    """``a / b`` with IEEE semantics (inf or NaN for b == 0), as torch's tensor arithmetic in its
+    own line search gives: a degenerate interpolation then falls to the same clipped point."""
+    if b != 0:
+        return a / b
+    return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 @dataclasses.dataclass

@@ -45,6 +45,7 @@ class scale_by_adam(Transform):
     def scalars(self, group, step, host):
         b1, b2 = group[self.betas_key]
         if _on_graph(b1) or _on_graph(b2):  # differentiable=True with betas to differentiate
+            b1, b2 = (b.reshape(()) if isinstance(b, torch.Tensor) else b for b in (b1, b2))
             return {"b1": b1, "1-b1": 1 - b1, "b2": b2, "1-b2": 1 - b2, "1/bc1": 1 / (1 - b1**step),
                     "1/sqrt(bc2)": (1 - b2**step) ** -0.5, "eps": group[self.eps_key]}
         b1, b2 = float(b1), float(b2)

@@ -20,6 +20,9 @@ class trace(Transform):
     """Heavy-ball / Nesterov momentum with dampening. State: ``momentum_buffer`` (like p)."""
 
     nesterov: bool = False
+    #: torch's SGD starts the buffer at the first (undamped) gradient; RMSprop does not (it adds
+    #: to whatever buffer is there, zeros or one loaded into the state)
+    start_from_grad: bool = True
     momentum_key: str = "momentum"
     dampening_key: str = "dampening"
     hyperparameters = ("momentum", "dampening", "nesterov")
@@ -29,7 +32,7 @@ class trace(Transform):
 
     def scalars(self, group, step, host):
         mu = group[self.momentum_key]
-        first = step == 1  # torch starts the buffer at the (undamped) first gradient
+        first = step == 1 and self.start_from_grad  # torch's SGD: the buffer starts at the first gradient
         return {
             "mu": mu,
             "keep": 0.0 if first else mu,
