@@ -85,11 +85,11 @@ def metric_curves(records: list[dict[str, Any]], ax=None, key: str = "val_metric
     the task's target as a dashed line."""
     fig, ax = _axes(ax)
     target = None
+    metric = next((r["metric"] for r in records if r.get("metric")), "metric")  # also when every run failed
     for label, rs in sorted(_by_label(records).items()):
         logs = [[e for e in r.get("epochs_log") or [] if e.get(key) is not None] for r in rs]
         _band(ax, [[e["step"] for e in lg] for lg in logs], [[e[key] for e in lg] for lg in logs], label)
         target = rs[0].get("target", target)
-        metric = rs[0].get("metric", key)
     if target is not None and key == "val_metric":
         ax.axhline(target, ls="--", color="gray", lw=1, label=f"target {target:g}")
     ylabel = key.replace("_", " ") if key != "val_metric" else f"validation {metric.replace('test ', '')}"

@@ -12,28 +12,35 @@ import os
 import re
 import sys
 
+from ._common import fail, help_texts, positive_float, positive_int, unit_interval, writable_dir
+
 
 def add_parser(sub) -> None:
     from ..lr_finder import DEFAULT_RULE, RULES
 
     p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate for an optimizer on a task",
-                       description=__doc__.split("\n\n")[0])
+                       **help_texts(__doc__))
     p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp); see `optimlab tasks`")
-    p.add_argument("--optimizer", default="adam", help="registry name with options but no lr, e.g. sgd:momentum=0.9")
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--optimizer", default="adam", metavar="SPEC",
+                   help="registry name with options but no lr, e.g. sgd:momentum=0.9 or 'adam:betas=(0.9,0.99)' "
+                        "(default adam); names: `optimlab optimizers`")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="range tests with seeds 0..N-1; the spread is reported (default 1)")
-    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
-    p.add_argument("--end", type=float, default=100.0,
+    p.add_argument("--start", type=positive_float, default=1e-7, metavar="LR",
+                   help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=positive_float, default=100.0, metavar="LR",
                    help="last learning rate, if it does not diverge first (default 100)")
-    p.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (default 100)")
+    p.add_argument("--steps", type=positive_int, default=100, metavar="N",
+                   help="mini-batches in the sweep (default 100)")
     p.add_argument("--mode", choices=["exp", "linear"], default="exp", help="how the rate grows (default exp)")
-    p.add_argument("--smooth", type=float, default=0.9, help="EMA factor of the loss smoothing (default 0.9)")
+    p.add_argument("--smooth", type=unit_interval, default=0.9, metavar="BETA",
+                   help="EMA factor of the loss smoothing, 0 for none (default 0.9)")
     p.add_argument("--rule", choices=list(RULES), default=DEFAULT_RULE,
                    help=f"rule for suggested_lr (default {DEFAULT_RULE})")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--batch-size", type=int, help="mini-batch size (default: the task's)")
+    g.add_argument("--batch-size", type=positive_int, metavar="N", help="mini-batch size (default: the task's)")
     g.add_argument("--full-batch", action="store_true", help="the whole training set every step")
-    p.add_argument("--out", default="runs/lr-find", help="folder for the plot (default runs/lr-find)")
+    p.add_argument("--out", default="runs/lr-find", metavar="DIR", help="folder for the plot (default runs/lr-find)")
     p.add_argument("--json", action="store_true", help="print the suggestions as JSON on stdout")
 
 
@@ -42,7 +49,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
-def found_lrs(task: str, optimizers: list[str], batch_size="task", log=sys.stdout) -> list[str]:
+def found_lrs(task: str, optimizers: list[str], batch_size="task", log=sys.stderr) -> list[str]:
     """``optimizers`` with ``lr=`` added (the LR finder's suggestion on ``task``) where none is
     given; what was chosen is printed to ``log``. Used by ``optimlab compare --lr auto``."""
     from ..lab import parse_optimizer
@@ -63,17 +70,23 @@ def found_lrs(task: str, optimizers: list[str], batch_size="task", log=sys.stdou
 
 
 def run(args) -> int:
+    from ..lab.runner import check_optimizer
     from ..lab.sweep import lr_find_task
     from ..lr_finder import MIN_DROP
 
     batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
     try:
+        if args.end <= args.start:
+            raise ValueError(f"--end {args.end:g} is not above --start {args.start:g}: the sweep grows the rate")
+        check_optimizer(args.optimizer, args.task, without_lr=True)
+        writable_dir(args.out)
+    except (KeyError, ValueError) as e:
+        return fail("lr-find", e)
+    try:
         found = lr_find_task(args.task, args.optimizer, seeds=args.seeds, start=args.start, end=args.end,
                              steps=args.steps, mode=args.mode, smooth=args.smooth, batch_size=batch, rule=args.rule)
     except (KeyError, ValueError) as e:
-        print(f"optimlab lr-find: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    os.makedirs(args.out, exist_ok=True)
+        return fail("lr-find", e)
     png = os.path.join(args.out, f"{args.task}-{slug(args.optimizer)}.png")
     found.plot().savefig(png, dpi=120)
     if args.json:

@@ -12,28 +12,33 @@ import json
 import os
 import sys
 
+from ._common import fail, fraction, help_texts, positive_float, positive_int, writable_dir
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("lr-sweep", help="learning-rate sensitivity: short runs over a log grid of rates",
-                       description=__doc__.split("\n\n")[0])
+                       **help_texts(__doc__))
     p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp); see `optimlab tasks`")
-    p.add_argument("--optimizers", default="sgd,adam", help="comma-separated optimizers with options but no lr "
-                                                           "(default sgd,adam), e.g. sgd:momentum=0.9,adam")
-    p.add_argument("--per-decade", type=int, default=5,
+    p.add_argument("--optimizers", default="sgd,adam", metavar="SPECS",
+                   help="comma-separated optimizers with options but no lr (default sgd,adam), "
+                        "e.g. 'sgd:momentum=0.9,adam:betas=(0.9,0.99)'")
+    p.add_argument("--per-decade", type=positive_int, default=5, metavar="N",
                    help="grid points per factor of 10 (default 5: DeepOBS's 36 rates)")
-    p.add_argument("--lo", type=float, default=1e-5, help="smallest rate (default 1e-5)")
-    p.add_argument("--hi", type=float, default=1e2, help="largest rate (default 1e2)")
-    p.add_argument("--lrs", help="explicit comma-separated rates instead of the grid")
-    p.add_argument("--epochs", type=int, help="epochs per run (default: a quarter of the task's budget)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per rate (default 1)")
+    p.add_argument("--lo", type=positive_float, default=1e-5, metavar="LR", help="smallest rate (default 1e-5)")
+    p.add_argument("--hi", type=positive_float, default=1e2, metavar="LR", help="largest rate (default 1e2)")
+    p.add_argument("--lrs", metavar="LR,LR,...", help="explicit comma-separated rates instead of the grid")
+    p.add_argument("--epochs", type=positive_int, metavar="N",
+                   help="epochs per run (default: a quarter of the task's budget)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="seeds per rate (default 1)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--batch-size", type=int, help="mini-batch size (default: the task's)")
+    g.add_argument("--batch-size", type=positive_int, metavar="N", help="mini-batch size (default: the task's)")
     g.add_argument("--full-batch", action="store_true", help="full-batch gradient descent")
-    p.add_argument("--good", type=float, default=0.9,
+    p.add_argument("--good", type=fraction, default=0.9, metavar="FRACTION",
                    help="'good': the loss fell by at least this fraction of the best run's drop (default 0.9)")
-    p.add_argument("--out", default="runs/lr-sweep", help="output folder (default runs/lr-sweep)")
-    p.add_argument("--workers", type=int, help="parallel runs (default: number of cores)")
-    p.add_argument("--json", action="store_true", help="print best_lr, regions and the grid as JSON on stdout")
+    p.add_argument("--out", default="runs/lr-sweep", metavar="DIR", help="output folder (default runs/lr-sweep)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="parallel runs (default: number of cores)")
+    p.add_argument("--json", action="store_true",
+                   help="print best_lr, regions and the grid as JSON on stdout (progress still goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -47,21 +52,44 @@ def _span(span) -> str:
     return f"{span[0]:g}" if span[0] == span[1] else f"{span[0]:g} .. {span[1]:g}"
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        lrs = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--lrs {text!r} is not a list of numbers: write e.g. --lrs 1e-3,1e-2,0.1") from None
+    bad = [v for v in lrs if not 0 < v < float("inf")]
+    if not lrs or bad:
+        raise ValueError(f"--lrs {text!r}: every rate must be a number above 0, e.g. --lrs 1e-3,1e-2,0.1")
+    return lrs
+
+
 def run(args) -> int:
+    from ..lab.runner import Interrupted, check_optimizer, split_optimizers
     from ..lab.sweep import lr_sweep
-    from .compare import split_optimizers
 
     batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        lrs = _rates(args.lrs) if args.lrs else None
+        if lrs is None and args.hi <= args.lo:
+            raise ValueError(f"--hi {args.hi:g} is not above --lo {args.lo:g}")
+        optimizers = split_optimizers(args.optimizers)
+        for text in optimizers:
+            if "lr" in check_optimizer(text, args.task, without_lr=True)[1]:
+                raise ValueError(f"the sweep sets the learning rate: drop lr= from {text!r}")
+        writable_dir(args.out)
+    except (KeyError, ValueError) as e:
+        return fail("lr-sweep", e)
     records = os.path.join(args.out, "records.jsonl")
     try:
-        lrs = [float(v) for v in args.lrs.split(",") if v.strip()] if args.lrs else None
-        result = lr_sweep(args.task, split_optimizers(args.optimizers), lrs, per_decade=args.per_decade, lo=args.lo,
+        result = lr_sweep(args.task, optimizers, lrs, per_decade=args.per_decade, lo=args.lo,
                           hi=args.hi, epochs=args.epochs, seeds=args.seeds, batch_size=batch, workers=args.workers,
-                          path=records, good=args.good, progress=not (args.quiet or args.json))
+                          path=records, good=args.good, progress=not args.quiet)
     except (KeyError, ValueError) as e:
-        print(f"optimlab lr-sweep: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+        return fail("lr-sweep", e)
+    except Interrupted as e:
+        print(f"\ninterrupted: {e.saved}/{e.total} runs saved in {args.out}; run the same command again to finish",
+              file=sys.stderr)
+        return 130
     png = os.path.join(args.out, f"{args.task}-lr-sweep.png")
     result.plot().savefig(png, dpi=120)
     if args.json:

@@ -9,7 +9,10 @@ from .. import registry
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("optimizers", help="list the optimizers with their defaults and capabilities")
+    p = sub.add_parser("optimizers", help="list the optimizers with their defaults and capabilities",
+                       description="Every optimizer by name, with its hyperparameters' defaults, what it needs "
+                                   "(a closure, second-order information) and the torch.optim class it matches. "
+                                   "Use the names in --optimizers, e.g. 'adam:lr=1e-3,betas=(0.9,0.99)'.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

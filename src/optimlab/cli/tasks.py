@@ -6,8 +6,9 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("tasks", help="list the lab's tasks")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("tasks", help="list the lab's tasks",
+                       description="The lab's tasks: data, model, metric and target, default budget and optimizer.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args) -> int:

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from .analysis import summarize, verdict
+from .runner import row_notes
 
 __all__ = ["write_report", "task_figures"]
 
@@ -46,9 +47,10 @@ def _cell(x, pct=False):
     return f"{100 * x:.2f}%" if pct else f"{x:.4g}"
 
 
-def _table(rows) -> str:
+def _table(rows, notes=None) -> str:
+    notes = notes or {}
     head = ("optimizer", "lr", "test metric (mean ± sd)", "best val", "final train loss", "val − train loss",
-            "median steps to target", "median s to target", "reached", "diverged / failed", "s per run")
+            "median steps to target", "median s to target", "reached", "diverged / failed", "s per run", "note")
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in rows:
         pct = r["metric"] is not None and "accuracy" in r["metric"]
@@ -56,38 +58,63 @@ def _table(rows) -> str:
             r["label"], _cell(r["lr"]), f"{_cell(r['test_metric'], pct)} ± {_cell(r['test_metric_sd'], pct)}",
             _cell(r["best_val_metric"], pct), _cell(r["final_train_loss"]), _cell(r["generalization_gap"]),
             _cell(r["steps_to_target"]), _cell(r["seconds_to_target"]), f"{r['reached']}/{r['runs']}",
-            r["diverged"] + r["errors"], _cell(r["seconds"]))) + "</tr>")
+            r["diverged"] + r["errors"], _cell(r["seconds"]))) +
+            f"<td class=note>{'<br>'.join(html.escape(n) for n in notes.get((r['task'], r['label']), []))}</td></tr>")
     out.append("</table>")
-    notes = [m for r in rows for m in r["messages"]]
-    if notes:
-        out.append("<ul class=notes>" + "".join(f"<li>{html.escape(m)}</li>" for m in sorted(set(notes))) + "</ul>")
+    messages = [m for r in rows for m in r["messages"]]
+    if messages:
+        out.append("<ul class=notes>" + "".join(f"<li>{html.escape(m)}</li>" for m in sorted(set(messages))) + "</ul>")
     return "\n".join(out)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}.verdict{background:#f6f8fa;border-left:4px solid #4a7;padding:.6em 1em}
-.plots img{width:49%;min-width:420px}.notes{font-size:12px;color:#a33}"""
+.plots img{width:49%;min-width:420px}.notes{font-size:12px;color:#a33}td.note{text-align:left;color:#a33}
+.config td{text-align:left}.config th{text-align:left}"""
+
+
+def _configuration(config: dict[str, Any]) -> str:
+    """The comparison's configuration as recorded in ``run.json``: command, budget, seeds,
+    versions, hardware."""
+    def cell(v):
+        if isinstance(v, dict):
+            return "; ".join(f"{k}: {cell(x)}" for k, x in v.items())
+        if isinstance(v, (list, tuple)):
+            return ", ".join(map(cell, v))
+        return str(v)
+
+    keys = ("command", "tasks", "optimizers", "seeds", "budget", "lr", "workers", "versions", "hardware", "started",
+            "finished", "out")
+    shown = [(k, config[k]) for k in keys if config.get(k) is not None]
+    return ("<h2>Configuration</h2><table class=config>" +
+            "".join(f"<tr><th>{html.escape(k)}</th><td>{'<code>' if k == 'command' else ''}{html.escape(cell(v))}"
+                    f"{'</code>' if k == 'command' else ''}</td></tr>" for k, v in shown) + "</table>")
 
 
 def write_report(records: list[dict[str, Any]], path: str, pngs_dir: str | None = None,
-                 title: str = "optimlab comparison") -> str:
+                 title: str = "optimlab comparison", config: dict[str, Any] | None = None) -> str:
     """Write the report to ``path`` (and each plot as a PNG in ``pngs_dir`` if given); returns
-    the path."""
+    the path. ``config`` (the command's ``run.json``: command line, budget, seeds, versions,
+    hardware) is shown at the top; each row's notes (diverged, error, stuck at chance) in its
+    last column."""
     rows = summarize(records)
+    notes = row_notes(records)
     tasks = list(dict.fromkeys(r["task"] for r in records))
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(records)} runs, generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Each optimizer gets the "
              "same budget (epochs, batch size) and the same seeds; the test metric is measured once, after training; "
              "the target is checked on the validation set after every epoch.</p>"]
+    if config:
+        parts.append(_configuration(config))
     for task in tasks:
         task_rows = [r for r in rows if r["task"] == task]
         v = verdict(rows, task)
         parts.append(f"<h2>{html.escape(task)}</h2>")
         parts.append(f"<div class=verdict><b>Adam converges faster and generalizes better than SGD/GD — "
                      f"{html.escape(v['verdict'])}.</b><br>" + "<br>".join(html.escape(t) for t in v["text"]) + "</div>")
-        parts.append(_table(task_rows))
+        parts.append(_table(task_rows, notes))
         parts.append("<div class=plots>")
         for name, fig in task_figures(records, task).items():
             png = _png(fig)

@@ -2,7 +2,10 @@
 a local process pool (one thread per run), every finished run appended to a JSON Lines file.
 Running the same comparison again skips the runs already recorded.
 
-A run that fails -- diverges, or raises -- is recorded as such; it never stops the others.
+A run that fails -- diverges, or raises -- is recorded as such, with a one-line ``note`` saying
+why (as is a classifier stuck at chance level); it never stops the others. Ctrl-C stops at once
+and keeps what finished; the workers die with the main process, even when it is killed.
+Optimizer strings are checked up front by :func:`check_optimizer`.
 
 Example::
 
@@ -13,11 +16,16 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
@@ -29,34 +37,116 @@ from .. import registry
 from ..train import evaluate, fit
 from .tasks import get_task
 
-__all__ = ["RunSpec", "parse_optimizer", "grid", "run_one", "run_all", "load_records"]
+__all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "grid", "run_one", "run_all",
+           "load_records", "Interrupted", "chance_level", "row_notes"]
+
+
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def _split_top(text: str, seps: str = ",") -> list[str]:
+    """Split ``text`` at any of ``seps`` outside brackets, so tuples keep their commas:
+    ``"lr=0.1,betas=(0.9,0.99)"`` -> ``["lr=0.1", "betas=(0.9,0.99)"]``."""
+    parts, cur, depth = [], [], 0
+    for ch in text:
+        if ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced {ch!r} in {text!r}")
+        if ch in seps and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise ValueError(f"unclosed bracket in {text!r}: write tuples as betas=(0.9,0.99)")
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
 
 
 def _parse_value(text: str) -> Any:
+    """A number, a tuple ``(0.9,0.99)`` / ``[0.9,0.99]`` / ``(0.9/0.99)``, true/false/none,
+    or else the string itself."""
+    if text[:1] + text[-1:] in ("()", "[]"):
+        return tuple(_parse_value(t) for t in _split_top(text[1:-1], ",/"))
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
-    if text.startswith("(") and text.endswith(")"):
-        return tuple(_parse_value(t) for t in text[1:-1].split("/") if t)
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if text.lower() == "none":
+        return None
     return text
 
 
-def parse_optimizer(text: str) -> tuple[str, dict[str, Any]]:
-    """``"sgd:lr=0.1,momentum=0.9,betas=(0.9/0.99)"`` -> ``("sgd", {"lr": 0.1, ...})``.
+def split_optimizers(text: str) -> list[str]:
+    """``"sgd:lr=0.1,momentum=0.9,adam:betas=(0.9,0.99)"`` -> ``["sgd:lr=0.1,momentum=0.9",
+    "adam:betas=(0.9,0.99)"]``: an item with ``=`` but no ``:`` continues the previous
+    optimizer; commas inside brackets do not split."""
+    out: list[str] = []
+    for item in _split_top(text, ","):
+        if "=" in item and ":" not in item.partition("=")[0] and out:
+            out[-1] += ("," if ":" in out[-1] else ":") + item
+        elif "=" in item and ":" not in item:
+            raise ValueError(f"{item!r} in {text!r} has no optimizer before it: write e.g. sgd:{item}")
+        else:
+            out.append(item)
+    if not out:
+        raise ValueError(f"no optimizer in {text!r}: give e.g. sgd:lr=0.1,adam")
+    return out
 
-    Tuples are written with ``/`` between their items, since ``,`` separates arguments."""
+
+def parse_optimizer(text: str) -> tuple[str, dict[str, Any]]:
+    """``"adam:lr=1e-3,betas=(0.9,0.99)"`` -> ``("adam", {"lr": 0.001, "betas": (0.9, 0.99)})``.
+
+    Options are ``key=value`` separated by ``,``; tuples are written in brackets, their items
+    separated by ``,`` or ``/`` (``betas=(0.9/0.99)``)."""
     name, _, rest = text.strip().partition(":")
-    spec = registry._spec(name)  # raises a clear KeyError for unknown names
+    spec = registry._spec(name.strip())  # raises a clear KeyError for unknown names
     hyper: dict[str, Any] = {}
-    for part in filter(None, rest.split(",")):
+    for part in _split_top(rest, ","):
         key, eq, value = part.partition("=")
-        if not eq:
+        if not eq or not key.strip():
             raise ValueError(f"optimizer option {part!r} in {text!r} is not key=value (e.g. lr=0.01)")
         hyper[key.strip()] = _parse_value(value.strip())
     return spec.name, hyper
+
+
+def _task_hyper(task, optimizer: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters a run uses: the task's own learning rate for its default optimizer
+    when none is given."""
+    hyper = dict(hyper)
+    if "lr" not in hyper and optimizer == task.optimizer:
+        hyper["lr"] = task.lr
+    return hyper
+
+
+def check_optimizer(text: str, task: str | None = None, *, without_lr: bool = False) -> tuple[str, dict[str, Any]]:
+    """Parse ``text`` and build the optimizer once -- on ``task``'s model, or on a dummy 2-D
+    parameter -- so that a typo or a bad value fails here, before any training, with the
+    optimizer's own message and the string it came from. ``without_lr``: the caller sets the
+    learning rate (LR finder, sweep), so ``lr=`` is ignored. Returns ``parse_optimizer(text)``."""
+    name, hyper = parse_optimizer(text)
+    build = {k: v for k, v in hyper.items() if not (without_lr and k == "lr")}
+    if task is not None:
+        t = get_task(task)
+        params = t.model(0).named_parameters()
+        if not without_lr:
+            build = _task_hyper(t, name, build)
+    else:
+        params = [torch.nn.Parameter(torch.zeros(2, 2))]
+    try:
+        registry.create(name, params, **build)
+    except (ValueError, TypeError, KeyError) as e:
+        msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+        defaults = registry._spec(name).defaults
+        hints = [f"did you mean {close[0]}= instead of {k}=?" for k in build if k not in defaults and repr(k) in msg
+                 for close in [difflib.get_close_matches(k, defaults, n=1)] if close]
+        raise ValueError(f"optimizer {text!r}: {'; '.join(hints + [msg])}") from None
+    return name, hyper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +202,37 @@ def _downsample(xs: list[float], n: int = 400) -> list[list[float]]:
     return pts
 
 
+def chance_level(task, data) -> tuple[float, float] | None:
+    """For a classification task (an accuracy metric): the validation accuracy of always
+    answering the most frequent class (at least 1/num_classes), and the noise around it (two
+    binomial standard errors on the validation set, at least 0.01). ``None`` for other tasks."""
+    if "accuracy" not in task.metric_name:
+        return None
+    y = data.val[1].reshape(-1)
+    classes = torch.cat([data.train[1].reshape(-1), y]).unique().numel()
+    c = max(1 / max(classes, 2), torch.unique(y, return_counts=True)[1].max().item() / len(y))
+    return c, max(0.01, 2 * math.sqrt(c * (1 - c) / len(y)))
+
+
+def _note(record: dict[str, Any], res=None, chance=None) -> str | None:
+    """The row's one-line reason: diverged (where, at which loss, what to do), error, or stuck
+    at chance; ``None`` for a healthy run."""
+    if record.get("error"):
+        return "error: " + record["error"].splitlines()[0]
+    if record.get("diverged"):
+        loss = res.step_losses[-1] if res.step_losses else float("nan")
+        lr = record.get("lr")
+        try_lr = f" (try lr={lr / 10:g})" if isinstance(lr, (int, float)) and lr > 0 else ""
+        return f"diverged at step {res.steps} (loss {loss:.3g}): lower lr{try_lr}"
+    if record.get("stuck_at_chance"):
+        c = chance[0]
+        return f"stuck at chance (val {record['final_val_metric']:.1%} vs {c:.1%}): try another lr or more epochs"
+    return None
+
+
 def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
-    """Train one run and return its record. Never raises: errors are recorded."""
+    """Train one run and return its record. Never raises: errors are recorded. ``note`` says
+    in one line why a run is not healthy (diverged, error, stuck at chance)."""
     t0 = time.perf_counter()
     record: dict[str, Any] = {"key": spec.key, "task": spec.task, "optimizer": spec.optimizer, "label": spec.name,
                               "hyper": dict(spec.hyper), "seed": spec.seed}
@@ -122,39 +241,59 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         data = task.data(spec.seed)
         model = task.model(spec.seed)
         loss_fn = task.loss_fn(model)
-        hyper = dict(spec.hyper)
-        if "lr" not in hyper and spec.optimizer == task.optimizer:
-            hyper["lr"] = task.lr
+        hyper = _task_hyper(task, spec.optimizer, dict(spec.hyper))
         # named: name-based masks (decay_mask=r"bias|norm", MuonAdam's embedding rule) see the names
         opt = registry.create(spec.optimizer, model.named_parameters(), **hyper)
         epochs = spec.epochs or task.epochs
         bs = task.batch_size if spec.batch_size == "task" else spec.batch_size
-        ckpt = os.path.join(checkpoint_dir, f"{spec.key}.pt") if checkpoint_dir else None
+        # test functions take thousands of one-step epochs: a checkpoint each would cost more than the run
+        ckpt = os.path.join(checkpoint_dir, f"{spec.key}.pt") if checkpoint_dir and task.kind != "function" else None
         res = fit(model, opt, loss_fn, data.train, val=data.val, metric=task.metric,
                   higher_is_better=task.higher_is_better, epochs=epochs, batch_size=bs, seed=spec.seed,
                   target=task.target, checkpoint=ckpt, resume=ckpt is not None)
         if callable(getattr(opt, "eval", None)):
             opt.eval()
         test_loss, test_metric = evaluate(model, loss_fn, data.test, task.metric)
+        chance = chance_level(task, data)
+        final_val = res.last("val_metric")
         record.update(
             lr=next((g["lr"] for g in opt.param_groups if "lr" in g), None),
             epochs=res.epochs, batch_size=bs, steps=res.steps, seconds=res.seconds,
             diverged=res.diverged, message=res.message,
             final_train_loss=res.last("train_loss"), final_val_loss=res.last("val_loss"),
-            final_val_metric=res.last("val_metric"),
+            final_val_metric=final_val,
             best_val_metric=res.best("val_metric", task.higher_is_better),
             test_loss=None if res.diverged else test_loss, test_metric=None if res.diverged else test_metric,
             target=task.target, metric=task.metric_name, higher_is_better=task.higher_is_better,
             steps_to_target=res.steps_to_target, seconds_to_target=res.seconds_to_target,
             curve=_downsample(res.step_losses), epochs_log=res.epoch_records, error=None,
-            cost=_cost(opt, res),
+            cost=_cost(opt, res), chance=chance and chance[0],
+            stuck_at_chance=bool(chance and not res.diverged and final_val is not None
+                                 and final_val <= chance[0] + chance[1]),
         )
+        record["note"] = _note(record, res, chance)
         if ckpt and os.path.exists(ckpt):
             os.unlink(ckpt)
     except Exception as exc:  # one broken run must not stop the comparison
         record.update(diverged=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        record["note"] = _note(record)
     record["wall_seconds"] = time.perf_counter() - t0
     return _finite(record)
+
+
+def row_notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """Per (task, label): the runs' notes, ``"seed 1: diverged at step 40 ..."`` (the seed is
+    left out when the row has one run), in seed order."""
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        rows.setdefault((r["task"], r["label"]), []).append(r)
+    out = {}
+    for key, rs in rows.items():
+        rs = sorted(rs, key=lambda r: r.get("seed", 0))
+        notes = [(f"seed {r.get('seed')}: " if len(rs) > 1 else "") + r["note"] for r in rs if r.get("note")]
+        if notes:
+            out[key] = notes
+    return out
 
 
 def _cost(opt, res) -> dict[str, Any]:
@@ -204,14 +343,80 @@ def _end_last_line(path: str) -> None:
                 f.write(b"\n")
 
 
-def _init_worker() -> None:
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie -- killed, not yet reaped -- does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _die_with_parent(main: int) -> None:
+    """Exit when the main process dies, even by ``kill -9``. On Linux the kernel sends SIGKILL
+    when the parent dies (``prctl(PR_SET_PDEATHSIG)``: fork and spawn, where the parent is the
+    main process); everywhere a daemon thread checks twice a second that the parent is the same
+    and the main process alive (forkserver: the parent is the server, which outlives the main
+    process as long as workers hold it open)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent and _alive(main):
+            time.sleep(0.5)
+        os._exit(1)
+
+    if not _alive(main):  # it died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=watch, name="optimlab-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(main: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process alone handles it (and ends us)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    _die_with_parent(main)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_all`. ``saved`` of ``total`` runs are recorded in ``path``;
+    running the same specs again finishes the rest."""
+
+    def __init__(self, saved: int, total: int, path: str):
+        super().__init__(f"{saved}/{total} runs saved in {path}")
+        self.saved, self.total, self.path = saved, total, path
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """End a pool now: drop the queued runs, terminate the running ones."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(1.0)
+        if p.is_alive():
+            p.kill()
 
 
 def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, progress: bool = False,
             checkpoint_dir: str | None = None) -> list[dict[str, Any]]:
     """Run every spec not yet recorded in ``path`` (JSON Lines), appending each record as it
-    finishes; return the records of all ``specs``."""
+    finishes; return the records of all ``specs``. The progress bar goes to stderr.
+
+    Ctrl-C stops at once (running workers are terminated) and raises :class:`Interrupted`;
+    the finished runs are kept, and with ``checkpoint_dir`` the interrupted ones continue from
+    their last epoch next time. Workers die with this process, even when it is killed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["key"]: r for r in load_records(path) if r.get("error") is None}
     todo = [s for s in specs if s.key not in done]
@@ -220,7 +425,7 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), unit="run", leave=False)
+        bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run", leave=False, file=sys.stderr)
 
     _end_last_line(path)
 
@@ -232,16 +437,26 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
         if bar is not None:
             bar.update(1)
 
+    pool = None
     try:
         if workers <= 1 or len(todo) <= 1:
             for s in todo:
                 keep(run_one(s, checkpoint_dir))
         else:
-            with cf.ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-                futures = [pool.submit(run_one, s, checkpoint_dir) for s in todo]
-                for fut in cf.as_completed(futures):
-                    keep(fut.result())
+            pool = cf.ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
+            futures = [pool.submit(run_one, s, checkpoint_dir) for s in todo]
+            for fut in cf.as_completed(futures):
+                keep(fut.result())
+            pool.shutdown()
+            pool = None
+    except KeyboardInterrupt:
+        if pool is not None:
+            _stop(pool)
+            pool = None
+        raise Interrupted(sum(s.key in done for s in specs), len(specs), path) from None
     finally:
+        if pool is not None:
+            _stop(pool)
         if bar is not None:
             bar.close()
     return [done[s.key] for s in specs if s.key in done]
