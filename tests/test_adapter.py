@@ -328,3 +328,17 @@ def test_plain_torch_algorithms_run_torchs_fused_kernel(name, kwargs):
             o.step()
     torch.testing.assert_close(ps[0], ps[1], rtol=1e-12, atol=1e-14)
     assert fast.state_dict()["state"].keys() == chain.state_dict()["state"].keys()
+
+
+def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):
+    """torch.load's default (weights_only=True, what the HF Trainer resumes with) reads a state_dict
+    whose groups carry a decay mask: masks are stored as plain data and rebuilt on load."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = optimlab.AdamW(net.named_parameters(), weight_decay=0.1, decay_mask=r"bias|1\.weight")
+    net(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    sd = torch.load(tmp_path / "opt.pt", weights_only=True)
+    again = optimlab.AdamW(net.named_parameters(), weight_decay=0.1)
+    again.load_state_dict(sd)
+    assert again.param_groups[0]["decay_mask"] == opt.param_groups[0]["decay_mask"] == optimlab.Mask(exclude=r"bias|1\.weight")

@@ -157,6 +157,8 @@ def as_mask(mask: Any) -> Callable[[str | None, Tensor], bool] | None:
     or the string ``"no_bias_norm"``."""
     if mask is None or isinstance(mask, Mask):
         return mask
+    if isinstance(mask, dict) and set(mask) <= {f.name for f in dataclasses.fields(Mask)}:
+        return Mask(**mask)  # a Mask as a state_dict stores it
     if mask == "no_bias_norm":
         return Mask.no_bias_norm()
     if isinstance(mask, str):
@@ -535,6 +537,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
             extra["steps"] = {index[id(p)]: n for p, n in self._counts.items() if id(p) in index}
         sd["optimlab"] = extra
+        # masks as plain data, so that torch.load(weights_only=True) reads the checkpoint
+        for g in sd["param_groups"]:
+            if isinstance(g.get("decay_mask"), Mask):
+                g["decay_mask"] = dataclasses.asdict(g["decay_mask"])
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
