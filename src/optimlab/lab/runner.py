@@ -250,10 +250,14 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         ckpt = os.path.join(checkpoint_dir, f"{spec.key}.pt") if checkpoint_dir and task.kind != "function" else None
         res = fit(model, opt, loss_fn, data.train, val=data.val, metric=task.metric,
                   higher_is_better=task.higher_is_better, epochs=epochs, batch_size=bs, seed=spec.seed,
-                  target=task.target, checkpoint=ckpt, resume=ckpt is not None)
+                  target=task.target, checkpoint=ckpt, resume=ckpt is not None,
+                  on_epoch=_test_at_improvement(task, model, opt, loss_fn, data))
         if callable(getattr(opt, "eval", None)):
             opt.eval()
         test_loss, test_metric = evaluate(model, loss_fn, data.test, task.metric)
+        # the training loss evaluated where the final validation loss was (not the epoch's
+        # running average over changing weights): the generalization gap compares like with like
+        train_eval_loss, _ = evaluate(model, loss_fn, data.train, task.metric)
         chance = chance_level(task, data)
         final_val = res.last("val_metric")
         record.update(
@@ -263,6 +267,8 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
             final_train_loss=res.last("train_loss"), final_val_loss=res.last("val_loss"),
             final_val_metric=final_val,
             best_val_metric=res.best("val_metric", task.higher_is_better),
+            final_train_eval_loss=None if res.diverged else train_eval_loss,
+            test_metric_at_best_val=None if res.diverged else _at_best_val(res.epoch_records, task),
             test_loss=None if res.diverged else test_loss, test_metric=None if res.diverged else test_metric,
             target=task.target, metric=task.metric_name, higher_is_better=task.higher_is_better,
             steps_to_target=res.steps_to_target, seconds_to_target=res.seconds_to_target,
@@ -294,6 +300,43 @@ def row_notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]
         if notes:
             out[key] = notes
     return out
+
+
+def _val_key(task) -> tuple[str, bool]:
+    """What "best validation" means for a task: its metric (or the loss), and which way is better."""
+    return ("val_metric", task.higher_is_better) if task.metric is not None else ("val_loss", False)
+
+
+def _test_at_improvement(task, model, opt, loss_fn, data):
+    """An ``on_epoch`` hook for :func:`fit`: each epoch that improves the validation result also
+    reads the test metric (into the epoch's record), so the test result at the best-validation
+    checkpoint is known without keeping a copy of the model. Selection never looks at it."""
+    key, hib = _val_key(task)
+    best: list[float] = []
+
+    def hook(record: dict) -> None:
+        m = record.get(key)
+        if m is None or not math.isfinite(m) or (best and not (m > best[0] if hib else m < best[0])):
+            return
+        best[:] = [m]
+        swap = callable(getattr(opt, "eval", None))  # schedule-free: test the weights validation saw
+        if swap:
+            opt.eval()
+        record["test_loss"], record["test_metric"] = evaluate(model, loss_fn, data.test, task.metric)
+        if swap:
+            opt.train()
+
+    return hook
+
+
+def _at_best_val(epoch_records: list[dict], task) -> float | None:
+    """The test metric read at the epoch with the best validation result (the first such epoch)."""
+    key, hib = _val_key(task)
+    seen = [r for r in epoch_records if r.get(key) is not None and math.isfinite(r[key])]
+    if not seen:
+        return None
+    best = (max if hib else min)(seen, key=lambda r: r[key])
+    return best.get("test_metric")
 
 
 def _cost(opt, res) -> dict[str, Any]:
