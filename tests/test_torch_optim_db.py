@@ -50,9 +50,8 @@ OptimizerErrorEnum = common_optimizers.OptimizerErrorEnum
 # ---------------------------------------------------------------------------------------------
 KNOWN_FAILURES: dict[str, list[str]] = {
     "differentiable=True: Rprop's step_size leaves the graph (torch's stays on it through sign(), whose "
-    "derivative is 0: same gradients, one output fewer) and NAdam's mu_product is host-side maths (a "
-    "gradient w.r.t. the mu_product state itself is missing)": [
-        "test_differentiable_inputs[Rprop-*]", "test_differentiable[NAdam]", "test_differentiable[NAdam-decoupled]",
+    "derivative is 0: the same gradients, one output fewer)": [
+        "test_differentiable_inputs[Rprop-*]",
     ],
     "LBFGS line_search_fn='strong_wolfe' on optim_db's input: torch's trajectory blows up (|p| ~ 1e17) "
     "through degenerate cubic interpolations, and ours leaves it there (and state['t'] is a float)": [

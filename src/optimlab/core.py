@@ -795,7 +795,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 continue
             # the transform does its host maths in Python floats; the state keeps 0-d tensors,
             # as torch keeps NAdam's mu_product and ASGD's eta and mu
-            host = {k: host_float(states[0].get(k)) for k in t.host_keys}
+            host = {k: _host_value(states[0].get(k)) for k in t.host_keys}
             out.append(t.scalars(view, step, host))
             for k in t.host_keys:
                 store_host(states, k, host[k])
@@ -825,9 +825,21 @@ def host_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def store_host(states: list[dict], key: str, value: float) -> None:
+def _host_value(v: Any) -> float | Tensor | None:
+    """What a transform's ``scalars`` sees of a host-side entry: a float, or -- when the step is
+    differentiated (``differentiable=True``) and the entry is on the graph -- the tensor itself."""
+    if isinstance(v, Tensor) and v.requires_grad and torch.is_grad_enabled():
+        return v
+    return host_float(v)
+
+
+def store_host(states: list[dict], key: str, value: float | Tensor) -> None:
     """Write a host-side scalar into every state of a bucket as a 0-d tensor (in place where
-    one is there, so nothing is shared between parameters)."""
+    one is there, so nothing is shared between parameters; a tensor on the graph as it is)."""
+    if isinstance(value, Tensor):
+        for st in states:
+            st[key] = value
+        return
     for st in states:
         t = st.get(key)
         if isinstance(t, Tensor) and t.dim() == 0 and not t.requires_grad:

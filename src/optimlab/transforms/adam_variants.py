@@ -45,8 +45,10 @@ class scale_by_nadam(scale_by_adam):
         s = super().scalars(group, step, host)
         b1, psi = s["b1"], group[self.momentum_decay_key]
         mu, mu_next = (b1 * (1.0 - 0.5 * 0.96 ** (t * psi)) for t in (step, step + 1))
-        # torch multiplies in the state's dtype: mu is rounded to it first
-        prod = host["mu_product"] = stored_like_torch(float(host["mu_product"]) * stored_like_torch(mu))
+        if isinstance(host["mu_product"], torch.Tensor):  # differentiable=True: the product stays on the graph
+            prod = host["mu_product"] = host["mu_product"] * mu
+        else:  # torch multiplies in the state's dtype: mu is rounded to it first
+            prod = host["mu_product"] = stored_like_torch(float(host["mu_product"]) * stored_like_torch(mu))
         s["c_grad"] = (1.0 - mu) / (1.0 - prod)
         s["c_avg"] = mu_next / (1.0 - prod * mu_next)
         return s
