@@ -23,9 +23,14 @@ than 3x on one of the four; with Adam on a CNN it came out ~6x too large. The de
 curve lags the raw one by ~10 steps (an EMA of 0.98 would lag ~50, half the range test), and
 on a convex full-batch problem the loss is still falling at lr=10.
 
+It runs on your own model, optimizer (optimlab's or torch.optim's) and data -- tensors or a
+``DataLoader`` -- in one line, like torch-lr-finder or fastai's ``lr_find()``; batches are moved
+to the model's device.
+
 Example::
 
     >>> res = find_lr(model, optimlab.Adam(model.parameters()), F.cross_entropy, (x, y))
+    >>> res = optimlab.find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), loader)
     >>> res.suggested_lr, res.suggestions["steepest"]
     >>> res.plot().savefig("lr-find.png")
 """
@@ -203,13 +208,24 @@ def _batches(data, batch_size: int | None, gen: torch.Generator):
                 idx = order[i:i + bs]
                 yield x[idx], y[idx]
     else:
+        seen = 0
         while True:
             empty = True
-            for xb, yb in data:
+            for batch in data:
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    raise ValueError(f"find_lr needs (inputs, targets) batches; the data yielded a "
+                                     f"{type(batch).__name__}")
                 empty = False
-                yield xb, yb
+                seen += 1
+                yield batch[0], batch[1]
             if empty:
-                raise ValueError("the data for find_lr yielded no batches")
+                raise ValueError(f"the data for find_lr ran out after {seen} batches: pass a DataLoader (it can be "
+                                 "iterated again) or (inputs, targets) tensors, or fewer steps" if seen else
+                                 "the data for find_lr yielded no batches")
+
+
+def _to(x, device: torch.device):
+    return x.to(device) if isinstance(x, Tensor) and x.device != device else x
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float, ratios: list[float]) -> None:
@@ -239,7 +255,10 @@ def find_lr(
     """Run the LR range test on ``model`` with ``optimizer`` and put both back afterwards.
 
     ``data`` is ``(inputs, targets)`` (mini-batches of ``batch_size``, ``None`` for the full
-    batch, drawn with ``seed``) or any iterable of ``(inputs, targets)`` batches. The learning
+    batch, drawn with ``seed``) or any iterable of ``(inputs, targets)`` batches, such as a
+    ``DataLoader`` (its own batch size; cycled when shorter than ``steps``); tensors are moved to
+    the model's device. Returns an :class:`LRFinderResult`: ``suggested_lr`` (``None`` when the
+    loss never fell), every rule's suggestion, the curve and ``plot()``. The learning
     rate of every param group follows the sweep (groups keep their ratios to the first group's
     rate). The sweep stops early once the smoothed loss exceeds ``diverge_factor`` times its
     minimum, or any loss is non-finite. Model and optimizer state, gradients, the param groups'
@@ -264,6 +283,7 @@ def find_lr(
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
+    device = next((p.device for p in model.parameters()), None)
     base = float(optimizer.param_groups[0]["lr"])
     ratios = [float(g["lr"]) / base if base > 0 else 1.0 for g in optimizer.param_groups]
     tried: list[float] = []
@@ -277,6 +297,8 @@ def find_lr(
         avg = 0.0
         for t, lr in enumerate(lrs, 1):
             xb, yb = next(batches)
+            if device is not None:
+                xb, yb = _to(xb, device), _to(yb, device)
             _set_lr(optimizer, lr, ratios)
 
             loss = step_on_batch(model, optimizer, loss_fn, xb, yb)

@@ -6,6 +6,7 @@ command line, versions and hardware) in a folder of its own.
     optimlab compare --task mnist1d-mlp --optimizers 'sgd:lr=0.1,momentum=0.9,adam:lr=1e-3,betas=(0.9,0.99)' --seeds 5
     optimlab compare --task digits-mlp --full-batch --epochs 200 --json
     optimlab compare --out runs/mine                   # again after Ctrl-C: finishes the missing runs
+    optimlab compare --task my_pkg.tasks:make_task --optimizers sgd:lr=0.1,adam   # your own model and data
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ NOTE_WIDTH = 72  # the table's note column; longer notes are listed in full belo
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="compare optimizers on tasks over several seeds", **help_texts(__doc__))
     p.add_argument("--task", action="append", metavar="TASK",
-                   help=f"task name (repeatable; default {DEFAULT_TASK}); see `optimlab tasks`")
+                   help=f"task name (repeatable; default {DEFAULT_TASK}; see `optimlab tasks`), or your own: "
+                        "module:function, a function returning optimlab.lab.Task.from_data(...), importable from "
+                        "the current folder or PYTHONPATH")
     p.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS, metavar="SPECS",
                    help="comma-separated optimizers, each NAME or NAME:key=value,key=value; tuples in brackets "
                         "(quoted for the shell), e.g. 'sgd:lr=0.1,momentum=0.9,adam:lr=1e-3,betas=(0.9,0.99)'; "
@@ -69,7 +72,9 @@ def summary_json(rows, verdicts, report: str, records_path: str, notes=None, out
 
 def _default_out(tasks: list[str]) -> str:
     """``runs/compare/<task>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3`` ... if that exists."""
-    base = os.path.join("runs", "compare", f"{'+'.join(tasks)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from .lr_find import slug
+
+    base = os.path.join("runs", "compare", f"{'+'.join(map(slug, tasks))}-{time.strftime('%Y%m%d-%H%M%S')}")
     path, i = base, 1
     while os.path.exists(path):
         i += 1
@@ -132,8 +137,12 @@ def run(args) -> int:
     batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
     # everything a user can get wrong is checked here, before any training
     try:
+        names: dict[str, str] = {}
         for t in tasks:
-            get_task(t)
+            name = get_task(t).name
+            if name in names:
+                raise ValueError(f"tasks {names[name]!r} and {t!r} are both named {name!r}: give them different names")
+            names[name] = t
         optimizers = split_optimizers(args.optimizers)
         for t in tasks:
             for text in optimizers:
@@ -178,6 +187,7 @@ def _compare(args, tasks: list[str], optimizers: list[str], batch, out: str) -> 
     from ..lab.analysis import format_table, summarize, verdict
     from ..lab.report import write_report
     from ..lab.runner import load_records, row_notes
+    from ..lab.tasks import get_task
 
     log = sys.stderr  # progress and status: stdout is the table, or pure JSON with --json
     try:
@@ -206,7 +216,7 @@ def _compare(args, tasks: list[str], optimizers: list[str], batch, out: str) -> 
                       checkpoint_dir=os.path.join(out, "checkpoints"))  # Ctrl-C: Interrupted, see run()
 
     rows = summarize(records)
-    verdicts = [verdict(rows, t) for t in tasks]
+    verdicts = [verdict(rows, get_task(t).name) for t in tasks]  # records name a module:function task by its name
     notes = row_notes(records)
     config["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     try:

@@ -3,6 +3,7 @@ rule's suggestion and writes the plot of loss against learning rate.
 
     optimlab lr-find --task digits-mlp --optimizer adam
     optimlab lr-find --task breast-cancer-logreg --optimizer sgd:momentum=0.9 --seeds 3 --json
+    optimlab lr-find --task my_pkg.tasks:make_task --optimizer adam      # your own model and data
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate for an optimizer on a task",
                        **help_texts(__doc__))
-    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp); see `optimlab tasks`")
+    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp; see `optimlab tasks`), or your own: module:function, "
+                        "a function returning optimlab.lab.Task.from_data(...)")
     p.add_argument("--optimizer", default="adam", metavar="SPEC",
                    help="registry name with options but no lr, e.g. sgd:momentum=0.9 or 'adam:betas=(0.9,0.99)' "
                         "(default adam); names: `optimlab optimizers`")
@@ -45,7 +47,7 @@ def add_parser(sub) -> None:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe form of an optimizer string: ``sgd:momentum=0.9`` -> ``sgd-momentum-0.9``."""
+    """A file-name-safe form of an optimizer or task string: ``sgd:momentum=0.9`` -> ``sgd-momentum-0.9``."""
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
@@ -87,7 +89,7 @@ def run(args) -> int:
                              steps=args.steps, mode=args.mode, smooth=args.smooth, batch_size=batch, rule=args.rule)
     except (KeyError, ValueError) as e:
         return fail("lr-find", e)
-    png = os.path.join(args.out, f"{args.task}-{slug(args.optimizer)}.png")
+    png = os.path.join(args.out, f"{slug(args.task)}-{slug(args.optimizer)}.png")
     found.plot().savefig(png, dpi=120)
     if args.json:
         print(json.dumps(dict(found.as_dict(), plot=png), indent=2))

@@ -4,6 +4,7 @@ too-small / good / too-large regions, writes the records and the plot of loss ag
 
     optimlab lr-sweep --task digits-mlp --optimizers sgd,adam
     optimlab lr-sweep --task breast-cancer-logreg --optimizers sgd:momentum=0.9,adam --per-decade 4 --json
+    optimlab lr-sweep --task my_pkg.tasks:make_task --optimizers sgd,adam --per-decade 2
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ._common import fail, fraction, help_texts, positive_float, positive_int, w
 def add_parser(sub) -> None:
     p = sub.add_parser("lr-sweep", help="learning-rate sensitivity: short runs over a log grid of rates",
                        **help_texts(__doc__))
-    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp); see `optimlab tasks`")
+    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp; see `optimlab tasks`), or your own: module:function, "
+                        "a function returning optimlab.lab.Task.from_data(...)")
     p.add_argument("--optimizers", default="sgd,adam", metavar="SPECS",
                    help="comma-separated optimizers with options but no lr (default sgd,adam), "
                         "e.g. 'sgd:momentum=0.9,adam:betas=(0.9,0.99)'")
@@ -66,6 +68,7 @@ def _rates(text: str) -> list[float]:
 def run(args) -> int:
     from ..lab.runner import Interrupted, check_optimizer, split_optimizers
     from ..lab.sweep import lr_sweep
+    from .lr_find import slug
 
     batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
     try:
@@ -90,7 +93,7 @@ def run(args) -> int:
         print(f"\ninterrupted: {e.saved}/{e.total} runs saved in {args.out}; run the same command again to finish",
               file=sys.stderr)
         return 130
-    png = os.path.join(args.out, f"{args.task}-lr-sweep.png")
+    png = os.path.join(args.out, f"{slug(args.task)}-lr-sweep.png")
     result.plot().savefig(png, dpi=120)
     if args.json:
         print(json.dumps(dict(result.as_dict(), plot=png), indent=2))

@@ -7,6 +7,11 @@ why (as is a classifier stuck at chance level); it never stops the others. Ctrl-
 and keeps what finished; the workers die with the main process, even when it is killed.
 Optimizer strings are checked up front by :func:`check_optimizer`.
 
+Tasks are names, ``"module:function"`` references or :class:`~optimlab.lab.tasks.Task` objects.
+Workers receive a name or a reference and resolve it themselves, or else the pickled Task; the
+start method is the platform's (``fork`` on Linux, ``spawn`` on macOS and Windows) unless
+``$OPTIMLAB_START_METHOD`` or ``run_all(start_method=...)`` says otherwise.
+
 Example::
 
     >>> specs = grid(["digits-cnn"], ["sgd:lr=0.1,momentum=0.9", "adam"], seeds=3)
@@ -22,7 +27,9 @@ import difflib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -35,10 +42,12 @@ import torch
 
 from .. import registry
 from ..train import evaluate, fit
-from .tasks import get_task
+from .tasks import BUILTIN_TASKS, TASKS, Task, get_task, task_key
 
 __all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "grid", "run_one", "run_all",
-           "load_records", "Interrupted", "chance_level", "row_notes"]
+           "load_records", "Interrupted", "chance_level", "row_notes", "START_METHOD_ENV"]
+
+START_METHOD_ENV = "OPTIMLAB_START_METHOD"  # fork, spawn or forkserver: how run_all starts its workers
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -124,7 +133,7 @@ def _task_hyper(task, optimizer: str, hyper: dict[str, Any]) -> dict[str, Any]:
     return hyper
 
 
-def check_optimizer(text: str, task: str | None = None, *, without_lr: bool = False) -> tuple[str, dict[str, Any]]:
+def check_optimizer(text: str, task: str | Task | None = None, *, without_lr: bool = False) -> tuple[str, dict[str, Any]]:
     """Parse ``text`` and build the optimizer once -- on ``task``'s model, or on a dummy 2-D
     parameter -- so that a typo or a bad value fails here, before any training, with the
     optimizer's own message and the string it came from. ``without_lr``: the caller sets the
@@ -152,9 +161,10 @@ def check_optimizer(text: str, task: str | None = None, *, without_lr: bool = Fa
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One training run. ``lr=None`` uses the optimizer's own default learning rate (or the
-    one in ``hyper``); ``batch_size="task"`` the task's default, ``None`` full batch."""
+    one in ``hyper``); ``batch_size="task"`` the task's default, ``None`` full batch.
+    ``task``: a name, a ``"module:function"`` reference, or a :class:`Task` (pickled to workers)."""
 
-    task: str
+    task: str | Task
     optimizer: str
     hyper: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
@@ -164,7 +174,7 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        blob = json.dumps([self.task, self.optimizer, list(self.hyper), self.seed, self.epochs, self.batch_size],
+        blob = json.dumps([task_key(self.task), self.optimizer, list(self.hyper), self.seed, self.epochs, self.batch_size],
                           default=repr)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -173,14 +183,18 @@ class RunSpec:
         return self.label or self.optimizer
 
 
-def grid(tasks: Sequence[str], optimizers: Sequence[str], seeds: int | Iterable[int] = 1,
+def grid(tasks: Sequence[str | Task] | str | Task, optimizers: Sequence[str], seeds: int | Iterable[int] = 1,
          lrs: Sequence[float] | None = None, epochs: int | None = None, batch_size: int | None | str = "task") -> list[RunSpec]:
-    """Every combination. ``optimizers`` are strings as in :func:`parse_optimizer`; ``lrs``
-    (optional) overrides each optimizer's learning rate with every value in turn."""
+    """Every combination. ``tasks``: names, ``"module:function"`` references or :class:`Task`
+    objects (one alone is fine); ``optimizers`` are strings as in :func:`parse_optimizer`;
+    ``lrs`` (optional) overrides each optimizer's learning rate with every value in turn."""
     seeds = range(seeds) if isinstance(seeds, int) else list(seeds)
+    if isinstance(tasks, (str, Task)):
+        tasks = [tasks]
     out = []
     for task in tasks:
-        get_task(task)  # fail early on a typo
+        t = get_task(task)  # fail early on a typo
+        task = task if isinstance(task, str) else (t.ref or t)  # by reference when it has one
         for text in optimizers:
             name, hyper = parse_optimizer(text)
             for lr in (lrs or [None]):
@@ -234,10 +248,11 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
     """Train one run and return its record. Never raises: errors are recorded. ``note`` says
     in one line why a run is not healthy (diverged, error, stuck at chance)."""
     t0 = time.perf_counter()
-    record: dict[str, Any] = {"key": spec.key, "task": spec.task, "optimizer": spec.optimizer, "label": spec.name,
+    record: dict[str, Any] = {"key": spec.key, "task": task_key(spec.task), "optimizer": spec.optimizer, "label": spec.name,
                               "hyper": dict(spec.hyper), "seed": spec.seed}
     try:
         task = get_task(spec.task)
+        record["task"] = task.name  # what tables and reports call it (a reference's own name)
         data = task.data(spec.seed)
         model = task.model(spec.seed)
         loss_fn = task.loss_fn(model)
@@ -452,18 +467,68 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
             p.kill()
 
 
+def _start_method(method: str | None = None) -> str:
+    """``method``, else ``$OPTIMLAB_START_METHOD``, else the platform's default start method."""
+    method = method or os.environ.get(START_METHOD_ENV, "").strip() or multiprocessing.get_start_method()
+    known = multiprocessing.get_all_start_methods()
+    if method not in known:
+        raise ValueError(f"start method {method!r} (from {START_METHOD_ENV} or start_method=) is not one of "
+                         f"{', '.join(known)}")
+    return method
+
+
+def _for_workers(specs: Sequence[RunSpec], method: str) -> list[RunSpec]:
+    """The specs as worker processes can receive them. A Task with a reference travels as the
+    reference; a task registered in ``TASKS`` after import exists in a forked worker only, so
+    other start methods get the Task itself; a Task object must pickle -- checked here, once
+    per task, so the error comes before any run, with the fix."""
+    out, checked = [], set()
+    for s in specs:
+        task = s.task
+        if isinstance(task, str) and method != "fork" and task in TASKS and task not in BUILTIN_TASKS:
+            task = TASKS[task]
+        if isinstance(task, Task) and task.ref:
+            task = task.ref
+        if isinstance(task, Task) and id(task) not in checked:
+            _check_picklable(task, method)
+            checked.add(id(task))
+        out.append(s if task is s.task else dataclasses.replace(s, task=task))
+    return out
+
+
+def _check_picklable(task: Task, method: str) -> None:
+    fix = ("define the model, loss and metric at module level (not lambdas or local functions), or put "
+           "`def make_task(): return Task.from_data(...)` in a module and pass 'module:make_task' instead of the Task "
+           "(or use workers=1)")
+    try:
+        blob = pickle.dumps(task)
+    except Exception as e:
+        why = " ".join(str(e).split())
+        raise ValueError(f"task {task.name!r} cannot be sent to worker processes ({type(e).__name__}: {why}): "
+                         f"{fix}") from None
+    interactive = getattr(sys.modules.get("__main__"), "__file__", None) is None
+    if method != "fork" and interactive and b"__main__" in blob:
+        raise ValueError(f"task {task.name!r} uses functions defined in this interactive session, which {method} "
+                         f"workers cannot import: {fix}")
+
+
 def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, progress: bool = False,
-            checkpoint_dir: str | None = None) -> list[dict[str, Any]]:
+            checkpoint_dir: str | None = None, start_method: str | None = None) -> list[dict[str, Any]]:
     """Run every spec not yet recorded in ``path`` (JSON Lines), appending each record as it
     finishes; return the records of all ``specs``. The progress bar goes to stderr.
 
     Ctrl-C stops at once (running workers are terminated) and raises :class:`Interrupted`;
     the finished runs are kept, and with ``checkpoint_dir`` the interrupted ones continue from
-    their last epoch next time. Workers die with this process, even when it is killed."""
+    their last epoch next time. Workers die with this process, even when it is killed.
+    ``start_method``: how workers start (default ``$OPTIMLAB_START_METHOD``, else the platform's).
+    A :class:`Task` object given in ``specs`` must pickle (``ValueError`` up front otherwise)."""
+    method = _start_method(start_method)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["key"]: r for r in load_records(path) if r.get("error") is None}
     todo = [s for s in specs if s.key not in done]
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
+    if workers > 1 and len(todo) > 1:
+        todo = _for_workers(todo, method)
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -486,7 +551,8 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
             for s in todo:
                 keep(run_one(s, checkpoint_dir))
         else:
-            pool = cf.ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
+            pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                          initializer=_init_worker, initargs=(os.getpid(),))
             futures = [pool.submit(run_one, s, checkpoint_dir) for s in todo]
             for fut in cf.as_completed(futures):
                 keep(fut.result())

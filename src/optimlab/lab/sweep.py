@@ -9,6 +9,9 @@
   final and best training loss at every rate and whether the run diverged; the rates are named
   "too small" / "good" / "too large" (:func:`name_regions`).
 
+Both take a task by name, as ``"module:function"``, or as a :class:`Task` (your own model and
+data, :meth:`Task.from_data`).
+
 Example::
 
     >>> found = lr_find_task("digits-mlp", "adam", seeds=3)
@@ -80,9 +83,9 @@ def _batch_size(task: Task, batch_size: int | None | str) -> int | None:
 def lr_find_task(task: str | Task, optimizer: str, seeds: int = 1, *, start: float = 1e-7, end: float = 100.0,
                  steps: int = 100, mode: str = "exp", smooth: float = 0.9, diverge_factor: float = 4.0,
                  batch_size: int | None | str = "task", rule: str = DEFAULT_RULE, **hyper: Any) -> LRFindSummary:
-    """Run the LR finder on ``task`` for ``optimizer`` (a registry name, or a string like
+    """Run the LR finder on ``task`` (a name, ``"module:function"`` or a :class:`Task`) for ``optimizer`` (a registry name, or a string like
     ``"sgd:momentum=0.9"``; ``**hyper`` adds options) once per seed 0 .. seeds-1."""
-    task = get_task(task) if isinstance(task, str) else task
+    task = get_task(task)
     name, parsed = parse_optimizer(optimizer)
     extra = ",".join(f"{k}={v}" for k, v in hyper.items() if k != "lr")
     label = optimizer + ((("," if ":" in optimizer else ":") + extra) if extra else "")
@@ -213,14 +216,15 @@ def _row(lr: float, recs: list[dict[str, Any]], initial: float, budget: int) -> 
     }
 
 
-def lr_sweep(task: str, optimizers: Sequence[str], lrs: Sequence[float] | None = None, *, per_decade: int = 5,
+def lr_sweep(task: str | Task, optimizers: Sequence[str], lrs: Sequence[float] | None = None, *, per_decade: int = 5,
              lo: float = 1e-5, hi: float = 1e2, epochs: int | None = None, seeds: int = 1,
              batch_size: int | None | str = "task", workers: int | None = None,
              path: str = os.path.join("runs", "lr-sweep", "records.jsonl"), good: float = 0.9,
              progress: bool = False) -> SweepResult:
     """Train every optimizer at every learning rate of ``lrs`` (default :func:`log_grid` of
     ``lo``..``hi`` with ``per_decade``) for ``epochs`` (default: a quarter of the task's budget)
-    over ``seeds``; runs are recorded in ``path`` and skipped when already there."""
+    over ``seeds``; runs are recorded in ``path`` and skipped when already there. ``task``: a
+    name, a ``"module:function"`` reference or a :class:`Task`."""
     t = get_task(task)
     lrs = sorted(lrs) if lrs is not None else log_grid(lo, hi, per_decade)
     epochs = epochs or max(1, t.epochs // 4)

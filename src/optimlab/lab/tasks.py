@@ -14,10 +14,16 @@ a default budget and a target. Nothing is downloaded.
                              ``himmelblau``, ``styblinski-tang``)
 ==========================  ==================================================================
 
+Your own model and data make a task too (:meth:`Task.from_data`); every lab function takes
+the :class:`Task` itself, or -- for the command line, and for worker processes started by
+*spawn* (macOS, Windows) -- a ``"module:function"`` reference to a zero-argument function that
+returns it, which each worker imports and calls by name (:func:`get_task`).
+
 Example::
 
     >>> task = get_task("digits-cnn")
     >>> data = task.data(seed=0); model = task.model(seed=0)
+    >>> mine = get_task("my_pkg.tasks:make_task")   # imports my_pkg.tasks, calls make_task()
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +44,7 @@ from torch import Tensor, nn
 
 from ..train import accuracy, save_atomic
 
-__all__ = ["Task", "Data", "TASKS", "get_task", "task_names", "TEST_FUNCTIONS", "cache_dir"]
+__all__ = ["Task", "Data", "TASKS", "get_task", "task_names", "task_key", "TEST_FUNCTIONS", "cache_dir"]
 
 
 @dataclasses.dataclass
@@ -67,6 +75,8 @@ class Task:
     lr: float  # ... and its learning rate
     kind: str = "learning"  # "learning", "convex", "function"
     optimum: Callable[[Data], float] | None = None  # the known optimum of the training loss
+    # the "module:function" that built this task (set by get_task): how workers find it again
+    ref: str | None = dataclasses.field(default=None, compare=False)
 
     def data(self, seed: int = 0) -> Data:
         return self.make_data(seed)
@@ -83,6 +93,103 @@ class Task:
                 "higher_is_better": self.higher_is_better, "target": self.target, "epochs": self.epochs,
                 "batch_size": self.batch_size, "default_optimizer": f"{self.optimizer}:lr={self.lr:g}",
                 "kind": self.kind}
+
+    @classmethod
+    def from_data(cls, name: str, *, model: Callable[[], nn.Module], loss: Callable[[Tensor, Tensor], Tensor],
+                  train, val=None, test=None, metric: Callable[[Tensor, Tensor], float] | str | None = None,
+                  metric_name: str | None = None, higher_is_better: bool | None = None, target: float | None = None,
+                  epochs: int = 10, batch_size: int | None | str = "loader", optimizer: str = "adam",
+                  lr: float = 1e-3, description: str = "") -> "Task":
+        """A task on your own model and data.
+
+        * ``model``: the model's class or a zero-argument function that builds it (called once
+          per run after ``torch.manual_seed(seed)``, so every seed has its own initialisation);
+        * ``loss(output, target)``: e.g. ``torch.nn.functional.cross_entropy`` or
+          ``nn.MSELoss()``;
+        * ``train`` / ``val`` / ``test``: ``(inputs, targets)`` tensors, a ``DataLoader`` or a
+          ``Dataset`` of ``(input, target)`` pairs. A loader or dataset is **read once into
+          tensors** (so keep it to what fits in memory; random augmentation is drawn once); the
+          lab then batches and shuffles it itself, per seed. Without ``val``, validation uses
+          ``test`` (or, without either, the training data); without ``test``, ``val``;
+        * ``metric(output, target) -> float``: ``"accuracy"``, a function, or ``None`` for the
+          loss itself; ``higher_is_better`` defaults to True for accuracy, else False;
+        * ``target``: the metric value that counts as "reached" for time-to-target (optional);
+        * ``batch_size``: default the train loader's batch size (32 for tensors), ``None`` = full batch.
+
+        To run on worker processes the task is pickled, so build it from functions defined at
+        module level (not lambdas); better still, put ``def make_task(): return
+        Task.from_data(...)`` in an importable module and pass ``"module:make_task"``.
+
+        Example::
+
+            >>> task = Task.from_data("my-mlp", model=MyMLP, loss=F.cross_entropy, metric="accuracy",
+            ...                       train=(x_train, y_train), val=(x_val, y_val), epochs=5)
+            >>> records = run_all(grid([task], ["sgd:lr=0.1", "adam"], seeds=2), "runs/mine.jsonl")
+        """
+        if isinstance(model, nn.Module):
+            raise TypeError(f"model= takes the model's class or a function that builds it, not a built model "
+                            f"({type(model).__name__} instance): each seed needs its own initialisation")
+        if not callable(model) or not callable(loss):
+            raise TypeError("model= and loss= must be callables: a model class/factory and loss(output, target)")
+        default_bs = (getattr(train, "batch_size", None) or 32) if batch_size == "loader" else batch_size
+        train_t = _as_tensors(train, "train")
+        val_t = _as_tensors(val, "val") if val is not None else None
+        test_t = _as_tensors(test, "test") if test is not None else None
+        val_t = val_t if val_t is not None else test_t if test_t is not None else train_t
+        test_t = test_t if test_t is not None else val_t
+        if metric is None:
+            metric_fn, default_name, hib = functools.partial(_loss_metric, loss), "test loss", False
+        elif metric == "accuracy":
+            metric_fn, default_name, hib = accuracy, "test accuracy", True
+        elif callable(metric):
+            metric_fn, default_name, hib = metric, f"test {getattr(metric, '__name__', 'metric')}", False
+        else:
+            raise ValueError(f"metric={metric!r}: give 'accuracy', a function metric(output, target) -> float, "
+                             "or None for the loss")
+        return cls(name=name, description=description or f"{name}: your own model and data",
+                   make_data=functools.partial(_fixed_data, Data(train_t, val_t, test_t)),
+                   make_model=model, loss=functools.partial(_fixed_loss, loss), metric=metric_fn,
+                   metric_name=metric_name or default_name,
+                   higher_is_better=hib if higher_is_better is None else higher_is_better,
+                   target=target, epochs=epochs, batch_size=default_bs, optimizer=optimizer, lr=lr)
+
+
+# --- your own data: module-level helpers, so a Task from picklable parts pickles ---------------------
+def _fixed_data(data: Data, seed: int) -> Data:
+    return data
+
+
+def _fixed_loss(loss, model):
+    return loss
+
+
+def _loss_metric(loss, output: Tensor, target: Tensor) -> float:
+    return float(loss(output, target).detach())
+
+
+def _as_tensors(data, what: str) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` from tensors, a DataLoader (or any iterable of batches) or a
+    Dataset of pairs, read once and concatenated."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+    else:
+        if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+            data = torch.utils.data.DataLoader(data, batch_size=1024)
+        try:
+            batches = list(data)
+        except TypeError:
+            raise TypeError(f"{what}= takes (inputs, targets) tensors, a DataLoader or a Dataset, "
+                            f"not {type(data).__name__}") from None
+        if not batches:
+            raise ValueError(f"{what}= is empty")
+        if not all(isinstance(b, (tuple, list)) and len(b) == 2 and all(isinstance(t, Tensor) for t in b)
+                   for b in batches):
+            raise ValueError(f"every batch of {what}= must be an (inputs, targets) pair of tensors; "
+                             f"got {type(batches[0]).__name__}")
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{what}=: {len(x)} inputs but {len(y)} targets (need the same number, at least 1)")
+    return x.detach().cpu(), y.detach().cpu()
 
 
 def cache_dir() -> str:
@@ -421,14 +528,67 @@ _add(Task("noisy-quadratic", "DeepOBS's noisy quadratic: 100-D, eigenvalues in [
           kind="convex", optimum=lambda data: 0.0))
 for _tf in TEST_FUNCTIONS.values():
     _add(_function_task(_tf))
+BUILTIN_TASKS = frozenset(TASKS)  # what every process has; a task registered later exists only where it was added
 
 
-def get_task(name: str) -> Task:
+def get_task(name: "str | Task") -> Task:
+    """The task called ``name``: a built-in (or registered in :data:`TASKS`) name, or a
+    ``"module:function"`` reference -- the module is imported (also from the current folder)
+    and the zero-argument function called, once per process. A :class:`Task` is returned as is.
+    Raises ``KeyError`` for an unknown name, ``ValueError`` for a reference that cannot be
+    resolved, with the reason and the fix in one line."""
+    if isinstance(name, Task):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"a task is a name, a 'module:function' string or a Task, not {type(name).__name__}")
     if name in TASKS:
         return TASKS[name]
+    if ":" in name:
+        return _resolve(name)
     close = difflib.get_close_matches(name, TASKS, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown task {name!r}{hint} (known: {', '.join(TASKS)})")
+    raise KeyError(f"unknown task {name!r}{hint} (known: {', '.join(TASKS)}; or your own as module:function)")
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(ref: str) -> Task:
+    module_name, _, func_name = ref.partition(":")
+    module_name, func_name = module_name.strip(), func_name.strip()
+    if not module_name or not func_name.isidentifier():
+        raise ValueError(f"task {ref!r} is not module:function, e.g. my_pkg.tasks:make_task")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ValueError(f"task {ref!r}: importing {module_name} failed: {e}") from None
+        if os.getcwd() in sys.path or "" in sys.path:
+            raise ValueError(f"task {ref!r}: no module named {module_name!r}; check the name, and that its folder "
+                             "is the current one or on PYTHONPATH") from None
+        sys.path.append(os.getcwd())  # `optimlab` run as a program does not look in the current folder
+        return _resolve.__wrapped__(ref)
+    except Exception as e:  # a syntax error, or an error while the module runs
+        raise ValueError(f"task {ref!r}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        names = [n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_")]
+        close = difflib.get_close_matches(func_name, names, n=1)
+        hint = f"; did you mean {module_name}:{close[0]}?" if close else ""
+        raise ValueError(f"task {ref!r}: module {module_name} has no function {func_name!r}{hint}")
+    try:
+        task = factory()
+    except Exception as e:
+        raise ValueError(f"task {ref!r}: {func_name}() raised {type(e).__name__}: {e}") from None
+    if not isinstance(task, Task):
+        raise ValueError(f"task {ref!r}: {func_name}() returned {type(task).__name__}, not an optimlab.lab.Task; "
+                         "return Task.from_data(...)")
+    return dataclasses.replace(task, ref=ref)
+
+
+def task_key(task: "str | Task") -> str:
+    """How runs and records name a task: the string given, or a Task's reference or name."""
+    if isinstance(task, Task):
+        return task.ref or task.name
+    return task
 
 
 def task_names() -> list[str]:
