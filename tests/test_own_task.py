@@ -92,7 +92,7 @@ def test_cli_compares_optimizers_on_a_module_function_task_under_spawn(user_modu
     assert all(r["epochs"] == 2 and r["final_val_metric"] > 0.5 for r in records)
 
 
-def test_cli_explains_a_bad_module_function_in_one_line(user_module, tmp_path, capsys):
+def test_cli_explains_a_bad_module_function_in_one_line(user_module, tmp_path, capsys, monkeypatch):
     # the real program, run from the module's folder without PYTHONPATH: it looks there too
     res = _cli("lr-find", "--task", f"{user_module}:make_tsk", "--out", str(tmp_path / "lrf"), cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
@@ -106,6 +106,9 @@ def test_cli_explains_a_bad_module_function_in_one_line(user_module, tmp_path, c
             assert main([command, "--task", ref, "--out", str(tmp_path / "o")]) == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith(f"optimlab {command}: error: ") and message in err, err
+    monkeypatch.setenv("OPTIMLAB_START_METHOD", "spoon")
+    assert main(["compare", "--task", f"{user_module}:make_task", "--out", str(tmp_path / "o")]) == 2
+    assert "start method 'spoon'" in capsys.readouterr().err
 
 
 def test_get_task_resolves_module_function_once_and_grid_keeps_the_reference(user_module):

@@ -130,7 +130,7 @@ def _with_notes(table: str, rows, notes) -> tuple[str, list[str]]:
 
 
 def run(args) -> int:
-    from ..lab.runner import check_optimizer
+    from ..lab.runner import check_optimizer, resolve_start_method
     from ..lab.tasks import get_task
 
     tasks = list(dict.fromkeys(args.task or [DEFAULT_TASK]))
@@ -147,6 +147,7 @@ def run(args) -> int:
         for t in tasks:
             for text in optimizers:
                 check_optimizer(text, t)
+        resolve_start_method()  # a bad $OPTIMLAB_START_METHOD
         out = writable_dir(args.out if args.out is not None else _default_out(tasks))
     except (KeyError, ValueError) as e:
         return fail("compare", e)

@@ -66,7 +66,7 @@ def _rates(text: str) -> list[float]:
 
 
 def run(args) -> int:
-    from ..lab.runner import Interrupted, check_optimizer, split_optimizers
+    from ..lab.runner import Interrupted, check_optimizer, resolve_start_method, split_optimizers
     from ..lab.sweep import lr_sweep
     from .lr_find import slug
 
@@ -79,6 +79,7 @@ def run(args) -> int:
         for text in optimizers:
             if "lr" in check_optimizer(text, args.task, without_lr=True)[1]:
                 raise ValueError(f"the sweep sets the learning rate: drop lr= from {text!r}")
+        resolve_start_method()  # a bad $OPTIMLAB_START_METHOD
         writable_dir(args.out)
     except (KeyError, ValueError) as e:
         return fail("lr-sweep", e)

@@ -45,7 +45,8 @@ from ..train import evaluate, fit
 from .tasks import BUILTIN_TASKS, TASKS, Task, get_task, task_key
 
 __all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "grid", "run_one", "run_all",
-           "load_records", "Interrupted", "chance_level", "row_notes", "START_METHOD_ENV"]
+           "load_records", "Interrupted", "chance_level", "row_notes", "START_METHOD_ENV",
+           "resolve_start_method"]
 
 START_METHOD_ENV = "OPTIMLAB_START_METHOD"  # fork, spawn or forkserver: how run_all starts its workers
 
@@ -467,7 +468,7 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
             p.kill()
 
 
-def _start_method(method: str | None = None) -> str:
+def resolve_start_method(method: str | None = None) -> str:
     """``method``, else ``$OPTIMLAB_START_METHOD``, else the platform's default start method."""
     method = method or os.environ.get(START_METHOD_ENV, "").strip() or multiprocessing.get_start_method()
     known = multiprocessing.get_all_start_methods()
@@ -522,7 +523,7 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
     their last epoch next time. Workers die with this process, even when it is killed.
     ``start_method``: how workers start (default ``$OPTIMLAB_START_METHOD``, else the platform's).
     A :class:`Task` object given in ``specs`` must pickle (``ValueError`` up front otherwise)."""
-    method = _start_method(start_method)
+    method = resolve_start_method(start_method)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["key"]: r for r in load_records(path) if r.get("error") is None}
     todo = [s for s in specs if s.key not in done]
