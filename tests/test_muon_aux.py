@@ -50,11 +50,13 @@ ADAM = dict(adam_lr=3e-3, adam_betas=(0.8, 0.99), adam_eps=1e-8, adam_weight_dec
 
 
 def _separate(model):
-    """optimlab.Muon on the hidden matrices, optimlab.AdamW on the rest."""
+    """optimlab.Muon on the hidden matrices, optimlab.AdamW on the rest (its chain, ``fused=False``:
+    MuonAdam's auxiliary AdamW is that chain, so the two agree bit for bit)."""
     named = dict(model.named_parameters())
     muon = optimlab.Muon([named[n] for n in HIDDEN], **MUON)
     adamw = optimlab.AdamW([p for n, p in named.items() if n not in HIDDEN], lr=ADAM["adam_lr"],
-                           betas=ADAM["adam_betas"], eps=ADAM["adam_eps"], weight_decay=ADAM["adam_weight_decay"])
+                           betas=ADAM["adam_betas"], eps=ADAM["adam_eps"], weight_decay=ADAM["adam_weight_decay"],
+                           fused=False)
     return muon, adamw
 
 
