@@ -27,6 +27,25 @@ def rosenbrock(x):
 ROSENBROCK_START = (-1.2, 1.0)
 
 
+def cooldown(opt, steps: int, fraction: float = 0.25):
+    """Yield ``steps`` times, setting every group's ``lr`` before each step: constant at first,
+    then decaying linearly towards 0 over the last ``fraction`` of the run (step ``t`` gets
+    ``lr * min(1, (steps - t) / (fraction * steps))``, so the last step is still positive).
+
+    Why the convergence tests need it: at a constant step, Adam-type, sign and trust-ratio
+    methods never settle on a noiseless problem -- they circle the minimiser at a radius ~ lr,
+    with spikes whenever the second moment decays faster than the first -- and *where* on that
+    orbit a run stops is chaotic: one rounding difference (another BLAS kernel, another CPU)
+    moves it. Shrinking the step to 0 shrinks the orbit with it, so the end point lies within a
+    distance set by the last steps' size, whatever the rounding."""
+    base = [g["lr"] for g in opt.param_groups]
+    for t in range(steps):
+        scale = min(1.0, (steps - t) / (fraction * steps))
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * scale
+        yield t
+
+
 class TinyNet(torch.nn.Module):
     """A net with a matrix, a bias, a conv kernel and a 0-d scale: the shapes optimizers meet."""
 

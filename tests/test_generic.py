@@ -1,6 +1,14 @@
 """The generic table: every registered optimizer converges on a quadratic and on Rosenbrock,
 survives a state_dict round trip through torch.save/torch.load bit-exactly, and rejects bad
-hyperparameters with a message naming the argument."""
+hyperparameters with a message naming the argument.
+
+The convergence runs end with the step decayed to 0 (``problems.cooldown``): at a constant step
+most of these methods circle the minimiser for ever, and the point a run stops at depends on
+every rounding (it moved by 10x between two CPUs). With the cooldown the end point is as far from
+the minimiser as the last steps allow, and the tolerances below hold with a margin of >= 5x on
+every entry, measured with the gradients perturbed by one ulp, at 1 and 2 threads, on other
+problem instances and with other CPU kernels (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``). A broken
+update still fails: one with a flipped sign ends far away (or at inf) whatever the schedule."""
 
 from __future__ import annotations
 
@@ -11,17 +19,19 @@ import torch
 
 import optimlab
 from cases import bad, converge
-from problems import ROSENBROCK_START, make_net, net_data, quadratic, rosenbrock
+from problems import ROSENBROCK_START, cooldown, make_net, net_data, quadratic, rosenbrock
 
 CONVERGE = converge()
 BAD = bad()
 NAMES = optimlab.names()
 
 
-def _minimize(name, f, x0, kwargs, steps, matrix=False):
-    x = torch.nn.Parameter(x0.clone().reshape(1, -1) if matrix else x0.clone())
+def _minimize(name, f, x0, kwargs, steps, spec):
+    """``steps`` steps from ``x0``, the last quarter with the step decaying to 0, unless the entry
+    says why its method must run at a constant step (``constant_lr``)."""
+    x = torch.nn.Parameter(x0.clone().reshape(1, -1) if spec.get("matrix_only") else x0.clone())
     opt = optimlab.create(name, [x], **kwargs)
-    for _ in range(steps):
+    for _ in (range(steps) if spec.get("constant_lr") else cooldown(opt, steps)):
         opt.zero_grad()
         f(x.reshape(-1)).backward()
         opt.step()
@@ -42,7 +52,7 @@ def test_converges_on_quadratic(name):
         pytest.skip(spec.get("why", "no quadratic setting"))
     kwargs, steps = spec["quadratic"]
     f, x0, x_star = quadratic()
-    x = _minimize(name, f, x0, kwargs, steps, spec.get("matrix_only", False))
+    x = _minimize(name, f, x0, kwargs, steps, spec)
     err = (x - x_star).norm() / x_star.norm()
     assert err <= 1e-3, f"{name}: relative distance to the minimiser {err:.3g} after {steps} steps"
 
@@ -53,8 +63,7 @@ def test_converges_on_rosenbrock(name):
     if "rosenbrock" not in spec:
         pytest.skip(spec.get("why", "no rosenbrock setting"))
     kwargs, steps = spec["rosenbrock"]
-    x = _minimize(name, rosenbrock, torch.tensor(ROSENBROCK_START, dtype=torch.float64), kwargs, steps,
-                  spec.get("matrix_only", False))
+    x = _minimize(name, rosenbrock, torch.tensor(ROSENBROCK_START, dtype=torch.float64), kwargs, steps, spec)
     err = (x - torch.ones(2, dtype=torch.float64)).norm()
     assert err <= 1e-2, f"{name}: ended at {x.tolist()}, {err:.3g} from (1, 1) after {steps} steps"
 

@@ -14,7 +14,7 @@ import torch
 
 import optimlab
 from optimlab.transforms import block_slices, inverse_root
-from problems import make_net, net_data, split_groups
+from problems import cooldown, make_net, net_data, split_groups
 
 STEPS = 24
 
@@ -250,14 +250,19 @@ def _matrix_problem(seed=0):
     ("shampoo", dict(lr=0.03, grafting="none", betas=(0.9, 0.99), matrix_eps=1e-8)),
     ("soap", dict(lr=0.02, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=5))])
 def test_converges_on_a_matrix_problem(name, kwargs):
+    """The last quarter of the run decays the lr to 0 (problems.cooldown). At a constant lr the
+    end point is chaotic: ungrafted Shampoo ended anywhere from 8e-6 to 0.39 from W* with the
+    gradients perturbed by one ulp, SOAP up to 6.7e-4; with the decay all three end below 3e-7
+    under the same perturbations and on other problem instances."""
     A, B, W_star = _matrix_problem()
     w = torch.nn.Parameter(torch.zeros(12, 8, dtype=torch.float64))
     opt = optimlab.create(name, [w], **kwargs)
-    for _ in range(1500):
+    for _ in cooldown(opt, 1500):
         opt.zero_grad()
         ((A @ w - B) ** 2).mean().backward()
         opt.step()
-    assert (w.detach() - W_star).norm() / W_star.norm() < 1e-3
+    err = ((w.detach() - W_star).norm() / W_star.norm()).item()
+    assert err < 1e-3, f"{name}: relative distance to W* {err:.3g}"
 
 
 # --- the SOAP reference -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Each module defines lists named:
 
 * ``TORCH_CASES``: :class:`Case` entries compared step by step with torch.optim;
 * ``CONVERGE``: ``{registry_name: {"quadratic": (kwargs, steps), "rosenbrock": (kwargs, steps)}}``
-  settings under which the optimizer must converge on the quadratic and on Rosenbrock;
+  settings under which the optimizer must converge on the quadratic and on Rosenbrock, the last
+  quarter of the steps with the lr decaying to 0 (``"constant_lr": True`` keeps it constant);
 * ``BAD``: ``{registry_name: [(kwargs, "arg name in message"), ...]}`` invalid hyperparameters.
 """
 

@@ -5,18 +5,24 @@ test_generic reads the final *parameters*, which for the schedule-free optimizer
 to eval mode there) are the gradient-evaluation sequence y = (1 - b) z + b x: the settings below
 make y itself converge -- z's steps shrink with the gradient, and polynomial averaging (``r``)
 forgets Rosenbrock's far-away early iterates faster than the uniform average. That the averaged
-x (eval mode) converges is checked in tests/test_schedule_free.py.
+x (eval mode) converges is checked in tests/test_schedule_free.py. Schedule-Free SGD runs at a
+constant step (``constant_lr``), as it is meant to: its end point is not chaotic (the same to 3
+digits with the gradients perturbed by an ulp). Schedule-Free AdamW's is, at a constant step --
+Adam's normalisation again: on the quadratic the distance ranged over 4.5e-5 .. 3.3e-4 under
+such perturbations -- so it takes the same final decay as the others (tests/problems.cooldown),
+after which its end point no longer moves with the rounding.
 
-Prodigy and D-Adapt take constant steps ``d * lr`` once ``d`` has settled: Adam's well-known
-spikes on noiseless problems show up for lr=1.0 (their schedule-free default multiplier), so
-these use a smaller multiplier, settings whose results are flat over a wide range of step counts.
+Prodigy and D-Adapt take steps ``d * lr`` once ``d`` has settled: Adam's well-known spikes on
+noiseless problems show up for lr=1.0 (their default multiplier), so these use a smaller one;
+the runs' final lr decay (tests/problems.cooldown) then settles them like Adam.
 """
 
 CONVERGE = {
-    "schedule-free-sgd": {"quadratic": (dict(lr=0.1), 2000), "rosenbrock": (dict(lr=2e-3, r=4.0), 10000)},
-    "schedule-free-adamw": {"quadratic": (dict(), 5000), "rosenbrock": (dict(lr=0.02, r=2.0), 8000)},
-    "prodigy": {"quadratic": (dict(lr=0.1), 2000), "rosenbrock": (dict(lr=0.03), 4000)},
-    "dadapt-adam": {"quadratic": (dict(lr=0.1), 2000), "rosenbrock": (dict(lr=0.02, betas=(0.9, 0.99)), 5000)},
+    "schedule-free-sgd": {"quadratic": (dict(lr=0.2), 1000), "rosenbrock": (dict(lr=4e-3, r=4.0), 6000),
+                          "constant_lr": True},
+    "schedule-free-adamw": {"quadratic": (dict(lr=0.02), 2000), "rosenbrock": (dict(lr=0.02, r=4.0), 6000)},
+    "prodigy": {"quadratic": (dict(lr=0.1), 800), "rosenbrock": (dict(lr=0.1), 2000)},
+    "dadapt-adam": {"quadratic": (dict(lr=0.1), 1000), "rosenbrock": (dict(lr=0.06, betas=(0.9, 0.99)), 2500)},
 }
 
 _SF = [(dict(lr=-1.0), "lr"), (dict(weight_decay=-0.1), "weight_decay"), (dict(warmup_steps=-1), "warmup_steps"),

@@ -44,13 +44,15 @@ TORCH_CASES = [
     Case("asgd-flags", "ASGD", "ASGD", dict(lr=0.05, foreach=False, capturable=False, differentiable=False)),
 ]
 
-# NAdam (and RAdam on Rosenbrock) can settle into an Adam-type limit cycle at a distance ~ lr from
-# the minimiser (torch's too); b2 = 0.99 keeps it small and steady
+# NAdam (and RAdam on Rosenbrock) settle into an Adam-type limit cycle at a distance ~ lr from
+# the minimiser (torch's too): the runs' final lr decay (tests/problems.cooldown) shrinks it, and
+# b2 = 0.99 keeps it steady. Rprop adapts its own steps (the group's lr is only the first one),
+# and ASGD's step is lr / (1 + lambd lr t)^alpha: SGD's curvature limit on Rosenbrock, so it is slow.
 CONVERGE = {
-    "nadam": {"quadratic": (dict(lr=1e-3, betas=(0.9, 0.99), momentum_decay=0.1), 3000),
-              "rosenbrock": (dict(lr=1e-3, betas=(0.9, 0.99), momentum_decay=0.1), 6000)},
-    "radam": {"quadratic": (dict(lr=0.02), 1500), "rosenbrock": (dict(lr=2e-3, betas=(0.9, 0.99)), 6000)},
-    "rprop": {"quadratic": (dict(lr=0.01), 500), "rosenbrock": (dict(lr=0.01), 4000)},
+    "nadam": {"quadratic": (dict(lr=0.01, betas=(0.9, 0.99), momentum_decay=0.1), 800),
+              "rosenbrock": (dict(lr=0.01, betas=(0.9, 0.99), momentum_decay=0.1), 2400)},
+    "radam": {"quadratic": (dict(lr=0.05), 600), "rosenbrock": (dict(lr=6e-3, betas=(0.9, 0.99)), 2400)},
+    "rprop": {"quadratic": (dict(lr=0.01), 300), "rosenbrock": (dict(lr=0.01), 4000)},
     "asgd": {"quadratic": (dict(lr=0.1), 500), "rosenbrock": (dict(lr=1.5e-3), 12000)},
 }
 
