@@ -36,7 +36,10 @@ TORCH_CASES = [
     Case("rprop-flags", "Rprop", "Rprop", dict(foreach=False, capturable=False, differentiable=False)),
     Case("asgd-default", "ASGD", "ASGD", dict()),
     Case("asgd-averaging-wd", "ASGD", "ASGD", dict(lr=0.05, lambd=0.01, alpha=0.6, t0=10, weight_decay=0.1)),
-    Case("asgd-fractional-t0-maximize", "ASGD", "ASGD", dict(lr=0.005, lambd=0.1, t0=2.5, maximize=True)),
+    # maximize climbs into tanh's saturation, where float32 rounding grows: torch's own foreach and
+    # for-loop ASGD end 5.6e-6 apart here, so 1e-5 would leave no room for another CPU's rounding
+    Case("asgd-fractional-t0-maximize", "ASGD", "ASGD", dict(lr=0.005, lambd=0.1, t0=2.5, maximize=True),
+         rtol32=3e-5),
     Case("asgd-groups-change", "ASGD", "ASGD", dict(lr=0.05, t0=5),
          groups=[{}, {"lr": 0.02, "lambd": 0.05, "alpha": 0.9, "t0": 20, "weight_decay": 0.05}],
          change={"lr": 0.01, "lambd": 0.02, "alpha": 0.5, "t0": 40, "weight_decay": 0.01}),
