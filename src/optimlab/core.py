@@ -374,8 +374,6 @@ def check_int(name: str, value: Any, minimum: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 # The adapter.
 # ---------------------------------------------------------------------------------------------
-# Keys a group may carry besides the optimizer's hyperparameters.
-_BOOKKEEPING_KEYS = {"params", "param_names", "initial_lr", "name"}
 
 
 class ChainOptimizer(torch.optim.Optimizer):

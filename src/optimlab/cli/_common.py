@@ -69,6 +69,12 @@ def fraction(text: str) -> float:
     return v
 
 
+def add_task_argument(p: argparse.ArgumentParser) -> None:
+    """``--task``: one built-in task name or the user's own ``module:function``."""
+    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp; see `optimlab tasks`), or your own: module:function, "
+                        "a function returning optimlab.lab.Task.from_data(...)")
+
+
 def help_texts(doc: str) -> dict:
     """``description`` and ``epilog`` (the examples) for ``add_parser`` from a subcommand
     module's docstring: its first paragraph without reST markup, and its indented lines."""

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from ._common import fail, help_texts, positive_float, positive_int, unit_interval, writable_dir
+from ._common import add_task_argument, fail, help_texts, positive_float, positive_int, unit_interval, writable_dir
 
 
 def add_parser(sub) -> None:
@@ -21,8 +21,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate for an optimizer on a task",
                        **help_texts(__doc__))
-    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp; see `optimlab tasks`), or your own: module:function, "
-                        "a function returning optimlab.lab.Task.from_data(...)")
+    add_task_argument(p)
     p.add_argument("--optimizer", default="adam", metavar="SPEC",
                    help="registry name with options but no lr, e.g. sgd:momentum=0.9 or 'adam:betas=(0.9,0.99)' "
                         "(default adam); names: `optimlab optimizers`")

@@ -13,14 +13,13 @@ import json
 import os
 import sys
 
-from ._common import fail, fraction, help_texts, positive_float, positive_int, writable_dir
+from ._common import add_task_argument, fail, fraction, help_texts, positive_float, positive_int, writable_dir
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("lr-sweep", help="learning-rate sensitivity: short runs over a log grid of rates",
                        **help_texts(__doc__))
-    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp; see `optimlab tasks`), or your own: module:function, "
-                        "a function returning optimlab.lab.Task.from_data(...)")
+    add_task_argument(p)
     p.add_argument("--optimizers", default="sgd,adam", metavar="SPECS",
                    help="comma-separated optimizers with options but no lr (default sgd,adam), "
                         "e.g. 'sgd:momentum=0.9,adam:betas=(0.9,0.99)'")

@@ -33,20 +33,16 @@ from typing import Any
 
 import torch
 
-from ..core import ChainOptimizer, Transform, as_mask, check_int, check_nonneg, check_positive
+from ..core import _FUSED_DEVICES, ChainOptimizer, Transform, as_mask, check_int, check_nonneg, check_positive
 from ..transforms.clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
 from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
 
 __all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready"]
 
-#: device types with torch's fused Adam/AdamW/SGD/Adagrad kernels
-_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
-
-
-def fused_ready(params, grads, states=None) -> bool:
+def fused_ready(params, grads, states, move_steps: bool = True) -> bool:
     """Whether torch's fused kernels take this bucket: dense, contiguous (the kernels index
-    parameters, gradients and state alike), real floating-point tensors on a device they support,
-    and (if given) step counts that can move next to them."""
+    parameters, gradients and state alike), real floating-point tensors on a device they support.
+    With ``move_steps``, the states' step counts are moved next to the parameters."""
     p0 = params[0]
     if p0.device.type not in _FUSED_DEVICES or p0.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return False
@@ -54,9 +50,9 @@ def fused_ready(params, grads, states=None) -> bool:
         return False
     if any(g.is_sparse or g.dtype != p0.dtype or g.device != p0.device or not g.is_contiguous() for g in grads):
         return False
-    if states is not None and not all(v.is_contiguous() for st in states for v in st.values() if isinstance(v, torch.Tensor)):
+    if not all(v.is_contiguous() for st in states for v in st.values() if isinstance(v, torch.Tensor)):
         return False
-    if states is not None:
+    if move_steps:
         for st in states:  # torch's fused kernels keep the step count as float32 on the device
             t = st["step"]
             if t.device != p0.device or t.dtype != torch.float32:

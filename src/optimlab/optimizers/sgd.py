@@ -52,7 +52,7 @@ class SGD(Optimizer):
         momentum = group["momentum"]
 
         def step(params, grads, states, count):
-            if not fused_ready(params, grads):
+            if not fused_ready(params, grads, states, move_steps=False):  # SGD keeps no step count
                 return False
             bufs = [st.get("momentum_buffer") if count > 0 else None for st in states] if momentum else [None] * len(params)
             fused_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"], momentum=momentum,
