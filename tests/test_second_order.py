@@ -848,6 +848,11 @@ def test_lab_runs_closure_based_methods_and_records_their_cost(task, optimizer, 
     if t.kind == "function":
         assert rec["test_metric"] <= t.target  # f - f* below the task's target
     if task == "noisy-quadratic":
-        # excess loss, ~2e3 at the start; each mini-batch Newton step lands on that batch's
-        # minimiser, so what is left is the mini-batch noise (~0.5 tr(H) / 100 per step, ~tens)
-        assert rec["test_metric"] < 50
+        # DeepOBS's test loss, ~354 at the start and ~87 at the training optimum; each mini-batch
+        # Newton step lands on that batch's minimiser, so what is left is the mini-batch noise
+        # (~0.5 * 0.6^2 tr(H) / 128 ~ 0.7 above the optimum)
+        from optimlab.lab.tasks import noisy_quadratic_loss
+
+        data = t.data()
+        at_optimum = float(noisy_quadratic_loss(data.train[0].mean(0) - data.test[0]))
+        assert rec["test_metric"] < at_optimum + 5

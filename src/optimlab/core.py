@@ -799,6 +799,22 @@ class ChainOptimizer(torch.optim.Optimizer):
                 store_host(states, k, host[k])
         return out
 
+    # -- diagnostics (optimlab.diagnostics) ----------------------------------------------------
+    def track_diagnostics(self, every: int = 1, writer=None):
+        """Record :meth:`diagnostics` every ``every`` steps, also to ``writer.add_scalar`` (a
+        TensorBoard ``SummaryWriter``); returns the tracker (``history``, ``close()``)."""
+        from .diagnostics import track
+
+        return track(self, every, writer)
+
+    def diagnostics(self) -> list[dict]:
+        """Per param group: gradient, parameter and update norms (total and per layer), the
+        update/parameter ratio, adaptive methods' effective learning rate, the fraction of steps
+        clipped or skipped -- see :mod:`optimlab.diagnostics`."""
+        from .diagnostics import read
+
+        return read(self)
+
 
 #: device types where ``fused=True`` runs (torch's list for its fused kernels)
 _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")

@@ -68,6 +68,8 @@ class FitResult:
     message: str = ""
     steps_to_target: int | None = None
     seconds_to_target: float | None = None
+    # optimizer diagnostics every ``diagnostics_every`` steps (optimlab.diagnostics' records)
+    diagnostics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def best(self, key: str, higher_is_better: bool = False) -> float | None:
         vals = [r[key] for r in self.epoch_records if r.get(key) is not None and math.isfinite(r[key])]
@@ -166,6 +168,8 @@ def fit(
     plateau: Any | None = None,
     eval_every: int | None = None,
     train_eval: tuple[Tensor, Tensor] | None = None,
+    diagnostics_every: int | None = None,
+    writer: Any | None = None,
 ) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train = (inputs, targets)``.
 
@@ -192,6 +196,11 @@ def fit(
     record in ``epoch_records`` (``epoch`` is fractional mid-epoch; ``train_loss`` averages the
     steps since the previous one) and calls ``on_epoch``. ``seconds`` count training only: the
     clock stops while evaluating.
+    ``diagnostics_every=k``: the optimizer's diagnostics (gradient, update and parameter norms,
+    effective learning rate, clipped/skipped steps: :mod:`optimlab.diagnostics`) every k steps,
+    in ``result.diagnostics``. ``writer`` (a TensorBoard ``SummaryWriter``, or anything with
+    ``add_scalar(tag, value, step)``) receives each evaluation's losses and metrics and the
+    diagnostics.
     """
     x, y = train
     n = len(x)
@@ -233,6 +242,7 @@ def fit(
 
         bar = tqdm(total=epochs, initial=start_epoch, unit="epoch", leave=False)
     t_start = time.perf_counter() - result.seconds
+    tracker = _track(optimizer, diagnostics_every, writer, result)
 
     def evaluation(epoch_done: float, losses: list[float]) -> dict[str, Any]:
         """One evaluation point: the mean training loss since the last one, the loss and metric
@@ -260,6 +270,10 @@ def fit(
             else:
                 bad_epochs += 1
         result.epoch_records.append(record)
+        if writer is not None:
+            for key in ("train_loss", "train_eval_loss", "train_eval_metric", "val_loss", "val_metric"):
+                if record.get(key) is not None:
+                    writer.add_scalar(key.replace('_', '/', 1), record[key], result.steps)
         if on_epoch is not None:
             on_epoch(record)
         t_start += time.perf_counter() - t_eval  # the training clock stops while evaluating
@@ -317,9 +331,27 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+        if tracker is not None:
+            tracker.close()
     result.seconds = time.perf_counter() - t_start
     _mode_switch(optimizer, "eval")  # the model keeps the weights validation saw (schedule-free: x)
     return result
+
+
+def _track(optimizer, every: int | None, writer, result: FitResult):
+    """Diagnostics for this fit: a tracker appending to ``result.diagnostics``, counting steps
+    from ``result.steps`` (so a resumed run continues the numbering); ``None`` without
+    ``every``."""
+    if every is None:
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(f"writer={type(writer).__name__} has no add_scalar(tag, value, step): pass a "
+                            "torch.utils.tensorboard.SummaryWriter or an object with that method")
+        return None
+    from .diagnostics import Tracker
+
+    tracker = Tracker(optimizer, every, writer)
+    tracker.steps, tracker.history = result.steps, result.diagnostics
+    return tracker
 
 
 def _check_plateau(plateau, val, higher_is_better: bool) -> None:
