@@ -14,18 +14,52 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OptimizerSpec", "REGISTRY", "register", "create", "names", "describe"]
+__all__ = ["OptimizerSpec", "Dim", "REGISTRY", "register", "create", "names", "describe"]
 
 # Constructor arguments that are implementation switches, not hyperparameters.
 _IMPL_FLAGS = {"foreach", "fused", "capturable", "differentiable"}
 
 
 @dataclasses.dataclass(frozen=True)
+class Dim:
+    """One dimension of a tuning search space: ``low``..``high`` on ``scale`` -- ``"log"``
+    (log-uniform), ``"log1m"`` (``1 - x`` log-uniform: momenta and β1, dense near 1) or
+    ``"linear"`` -- or one of ``choices``. :meth:`at` maps ``u`` in [0, 1) to a value."""
+
+    low: float = 0.0
+    high: float = 1.0
+    scale: str = "log"
+    choices: tuple = ()
+
+    def __post_init__(self):
+        if self.choices:
+            return
+        if self.scale not in ("log", "log1m", "linear"):
+            raise ValueError(f"Invalid scale: {self.scale!r} (log, log1m or linear)")
+        ok = {"log": 0 < self.low < self.high, "log1m": self.low < self.high < 1,
+              "linear": self.low < self.high}[self.scale]
+        if not ok:
+            raise ValueError(f"Invalid range for a {self.scale} dimension: low={self.low}, high={self.high}")
+
+    def at(self, u: float):
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        if self.scale == "log":
+            return math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        if self.scale == "log1m":
+            a, b = math.log1p(-self.low), math.log1p(-self.high)
+            return -math.expm1(a + u * (b - a))
+        return self.low + u * (self.high - self.low)
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """What the registry knows about one optimizer."""
+    """What the registry knows about one optimizer. ``search_space`` (hyperparameter -> :class:`Dim`,
+    ``None`` to drop one) adjusts the tuning space derived from the defaults (:meth:`space`)."""
 
     name: str
     cls: type
@@ -34,6 +68,27 @@ class OptimizerSpec:
     sparse_gradients: bool = False
     torch_name: str | None = None  # the torch.optim class computing the same numbers, if any
     summary: str = ""
+    search_space: dict[str, Dim | None] | None = None
+
+    def space(self) -> dict[str, Dim]:
+        """Where the lab's tuning searches (Choi et al. 2019 search spaces, in shape): ``lr``
+        log-uniform from 1/100 to 100 times the default; ``momentum`` -- β1 for optimizers with
+        ``betas`` -- with ``1 - x`` log-uniform in [0.001, 1]; ``weight_decay`` log-uniform in
+        [1e-6, 1e-2]; ``eps`` log-uniform in [1e-10, 1e-3]; each where the optimizer has it,
+        then adjusted by ``search_space``."""
+        d = self.defaults
+        out: dict[str, Dim | None] = {}
+        lr = d.get("lr")
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0:
+            out["lr"] = Dim(lr / 100, lr * 100)
+        if "momentum" in d or "betas" in d:
+            out["momentum"] = Dim(0.0, 0.999, "log1m")
+        if "weight_decay" in d:
+            out["weight_decay"] = Dim(1e-6, 1e-2)
+        if "eps" in d:
+            out["eps"] = Dim(1e-10, 1e-3)
+        out.update(self.search_space or {})
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -46,6 +101,12 @@ class OptimizerSpec:
             and v.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         }
 
+    @property
+    def low_precision(self) -> tuple[str, ...]:
+        """The low-precision options the optimizer honours (``state_dtype``, ``state_bits``,
+        ``param_rounding``; see :mod:`optimlab.precision`), from its class."""
+        return tuple(getattr(self.cls, "low_precision", ()))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -56,6 +117,8 @@ class OptimizerSpec:
             "sparse_gradients": self.sparse_gradients,
             "torch_equivalent": f"torch.optim.{self.torch_name}" if self.torch_name else None,
             "summary": self.summary,
+            "low_precision": self.low_precision,
+            "search_space": {k: dataclasses.asdict(v) for k, v in self.space().items()},
         }
 
 

@@ -16,13 +16,13 @@ from torch.optim.sgd import sgd as fused_sgd  # torch's functional SGD, called w
 
 from ..core import check_nonneg
 from ..transforms.momentum import trace
-from ..registry import register
+from ..registry import Dim, register
 from ._base import Optimizer, fused_ready
 
 __all__ = ["SGD"]
 
 
-@register("sgd", torch_name="SGD")
+@register("sgd", torch_name="SGD", search_space={"lr": Dim(1e-3, 1.0)})  # the default 1e-3 is its floor
 class SGD(Optimizer):
     state_step = False  # torch keeps no step count for SGD
     densify_sparse_gradients = True
