@@ -97,6 +97,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _dist
 from .core import _ENGINE_KEYS, Segments, Updates, host_float, run_chain, store_host
 
 __all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "compile_stats"]
@@ -526,10 +527,24 @@ def _flattenable(p: Tensor, st: dict, keys: tuple, per_tensor: frozenset) -> boo
                and st[k].layout == torch.strided and not st[k].is_complex() for k in keys)
 
 
+def _kept_storage(p: Tensor, ours: set[int], in_buffers: bool) -> str | None:
+    """Why ``p``'s storage must stay where it is (flattening rebinds ``p.data``), or None.
+    ``in_buffers``: the optimizer's wrapper keeps the parameters as views of its own buffers."""
+    if _dist.is_dtensor(p):
+        return ("DTensor parameters (FSDP2) live in storage that FSDP owns (it all-gathers from it), "
+                "so they are not flattened")
+    storage = p.untyped_storage()
+    if in_buffers or (storage.nbytes() > p.numel() * p.element_size() and storage.data_ptr() not in ours):
+        return ("a parameter shares its storage with other tensors (ZeroRedundancyOptimizer("
+                "parameters_as_bucket_view=True) or views of one buffer), which flattening would break")
+    return None
+
+
 class FlatEngine:
     """Per optimizer: the flat layouts of its param groups, and the step over them."""
 
     def __init__(self) -> None:
+        self.warned: set[str] = set()  # why parameters stayed eager, said once per optimizer
         self._layouts: dict[int, _Layout] = {}
         self._rebuilds: dict[int, int] = {}  # per group (by id)
         self.rebuilds = 0  # how many times a layout was (re)built (for tests and diagnostics)
@@ -660,12 +675,21 @@ class FlatEngine:
         host_keys = frozenset(k for t in chain for k in t.host_keys)
         keyed: dict[tuple, list[int]] = {}
         outside, stateless = [], []
+        ours = {b.flat_param.untyped_storage().data_ptr() for lay in self._layouts.values() for b in lay.buckets}
         for i, p in enumerate(group["params"]):
             st = opt.state.get(p, {})
             step = opt._step_of(p, st)
             if step is None:
                 outside.append(i)
                 stateless.append(i)
+                continue
+            why = _kept_storage(p, ours, getattr(opt, "params_in_buffers", False))
+            if why:
+                outside.append(i)
+                if opt.compile is True and why not in self.warned:
+                    self.warned.add(why)
+                    warnings.warn(f"optimlab: compile=True: {why}; those parameters step on the eager path",
+                                  RuntimeWarning, stacklevel=5)
                 continue
             keys = tuple(k for k, v in st.items()
                          if isinstance(v, Tensor) and k not in _ENGINE_KEYS and k not in host_keys)

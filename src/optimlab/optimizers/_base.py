@@ -24,20 +24,29 @@ Options (param-group hyperparameters; each group may set its own):
 Whole-optimizer options (constructor keywords): ``accumulate_steps=k`` (update once every k
 calls to ``step``, with the mean of the k gradients), ``skip_nonfinite=True`` (skip a step whose
 gradients contain inf/NaN and count it in ``optimizer.skipped_steps``), ``compile`` (run the
-chain as one compiled kernel over flat buffers; ``None`` = automatically for large groups).
+chain as one compiled kernel over flat buffers; ``None`` = automatically for large groups),
+``process_group`` (where the optimizer holds a shard of plain tensors: the ranks over which
+``clip_grad_norm``, ``skip_nonfinite`` and Prodigy's/D-Adapt's sums add up; found automatically
+under ``ZeroRedundancyOptimizer`` and for FSDP2's DTensors, see :mod:`optimlab._dist`),
+``state_dtype`` / ``state_bits=8`` (moments held in that dtype / as 8-bit block-quantized codes)
+and ``param_rounding="stochastic" | "kahan"`` (bfloat16/float16 parameters written back without
+losing small updates): see :mod:`optimlab.precision`.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any
 
 import torch
 
+from .. import _dist
 from ..core import _FUSED_DEVICES, ChainOptimizer, Transform, as_mask, check_int, check_nonneg, check_positive
 from ..transforms.clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
 from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
 
-__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready"]
+__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready", "constructor_options"]
 
 def fused_ready(params, grads, states, move_steps: bool = True) -> bool:
     """Whether torch's fused kernels take this bucket: dense, contiguous (the kernels index
@@ -84,6 +93,10 @@ class Optimizer(ChainOptimizer):
         accumulate_steps: int = 1,
         skip_nonfinite: bool = False,
         compile: bool | None = False,
+        process_group: Any = None,
+        state_dtype: torch.dtype | None = None,
+        state_bits: int | None = None,
+        param_rounding: str | None = None,
         **options: Any,
     ) -> None:
         unknown = set(options) - set(EXTRA_DEFAULTS)
@@ -91,12 +104,35 @@ class Optimizer(ChainOptimizer):
             raise TypeError(
                 f"{type(self).__name__}() got unexpected keyword argument(s) {sorted(unknown)}; "
                 f"its hyperparameters are {sorted(defaults)} and the optimlab options are "
-                f"{sorted(EXTRA_DEFAULTS)} plus accumulate_steps, skip_nonfinite, compile"
+                f"{sorted(EXTRA_DEFAULTS)} plus {', '.join(constructor_options())}"
             )
         check_int("accumulate_steps", accumulate_steps, minimum=1)
         self.accumulate_steps = accumulate_steps
         self.skip_nonfinite = bool(skip_nonfinite)
-        super().__init__(params, None, {**defaults, **EXTRA_DEFAULTS, **options}, lr_key=lr_key, compile=compile)
+        # whole-model sums reduce over this group (plain tensors sharded by ZeRO; see optimlab._dist);
+        # ZeRO's parameters_as_bucket_view makes the parameters views of its buffers, which
+        # the flat engine (compile=True) must not rebind
+        zero_group, self.params_in_buffers = _dist.zero_constructing()
+        self.process_group = process_group if process_group is not None else zero_group
+        super().__init__(params, None, {**defaults, **EXTRA_DEFAULTS, **options}, lr_key=lr_key, compile=compile,
+                         state_dtype=state_dtype, state_bits=state_bits, param_rounding=param_rounding)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``. A wrapper that passes every keyword on as a group default
+        (``ZeroRedundancyOptimizer(params, optimlab.AdamW, compile=True)``) puts the constructor
+        options into each group too: there they are dropped when they equal the optimizer's own,
+        and refused otherwise (they are not per group)."""
+        if isinstance(param_group, dict):
+            given = [k for k in constructor_options() if k in param_group]
+            for key in given:
+                mine = getattr(self, key, param_group[key])
+                if param_group[key] is not mine and param_group[key] != mine:
+                    raise ValueError(
+                        f"{key}={param_group[key]!r} in a param group: {key} is an option of the whole "
+                        f"optimizer (this one has {key}={mine!r}); pass it to the constructor")
+            if given:
+                param_group = {k: v for k, v in param_group.items() if k not in given}
+        super().add_param_group(param_group)
 
     # -- subclasses ----------------------------------------------------------------------------
     def core(self, group: dict) -> list[Transform]:  # pragma: no cover - interface
@@ -161,14 +197,21 @@ class Optimizer(ChainOptimizer):
 
     def _prestep(self) -> bool:
         if self._needs_global_norm():
+            # the norm of every gradient of the model, also where this rank holds a shard (FSDP2's
+            # DTensors, ZeRO's partition: summed over the ranks, so every rank takes one decision)
             grads = [g for grp in self.param_groups for p in grp["params"] if (g := self._grad(p)) is not None]
-            if grads:
-                norms = torch._foreach_norm(grads)
-                total = torch.linalg.vector_norm(torch.stack([n.to(torch.float64).cpu() for n in norms])).item()
-            else:
-                total = 0.0
-            if self.skip_nonfinite and not torch.isfinite(torch.tensor(total)):
+            norms = torch._foreach_norm([_dist.local(g) for g in grads]) if grads else []
+            squares = [n.to(torch.float64).square() for n in norms]
+            total = _dist.total(squares, grads, self.process_group).sqrt().item()
+            if self.skip_nonfinite and not math.isfinite(total):
                 self.skipped_steps += 1
                 return False
             self._step_info["_global_grad_norm"] = total
         return True
+
+
+def constructor_options() -> tuple[str, ...]:
+    """The whole-optimizer keywords of :class:`Optimizer` (``accumulate_steps``, ``compile`` ...):
+    not param-group hyperparameters."""
+    sig = inspect.signature(Optimizer.__init__).parameters.values()
+    return tuple(p.name for p in sig if p.kind is p.KEYWORD_ONLY and p.name != "lr_key")

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from .. import _dist
 from ..core import check_beta, check_betas, check_nonneg, check_positive
 from ..registry import register
 from ..transforms.lr_free import prodigy_beta3, prodigy_dlr, reprice_eps_, scale_by_dadapt_adam, scale_by_prodigy
@@ -56,12 +57,12 @@ from ._base import Optimizer
 __all__ = ["Prodigy", "DAdaptAdam"]
 
 
-def _total(parts: list) -> float:
+def _total(parts: list, process_group) -> float:
     """``sum(coefficient * t)`` over ``[(coefficient, [0-d tensors]), ...]``, in float64, with a
-    single read back to the host."""
-    vals = [(c, t) for c, ts in parts for t in ts]
-    dev = vals[0][1].device
-    return torch.stack([t.to(dev, torch.float64) * c for c, t in vals]).sum().item()
+    single read back to the host; summed over the ranks where the tensors are shards (a DTensor's
+    partial sums, or ZeRO's partition with ``process_group``: see :mod:`optimlab._dist`)."""
+    vals = [t * c if c != 1.0 else t for c, ts in parts for t in ts]
+    return _dist.total(vals, vals, process_group).item()
 
 
 class _LearningRateFree(Optimizer):
@@ -101,8 +102,14 @@ class _LearningRateFree(Optimizer):
             super()._step_group(group)
         finally:
             del self._step_info["_d_sums"]
-        if sums["den"]:  # empty when no parameter had a gradient: nothing moved, nor does d
-            self.update_d(group, _total(sums["num"]), _total([(1.0, sums["den"])]))
+        pg = self.process_group
+        if pg is not None:  # every rank of ZeRO's partition adds its share (none, too)
+            count = torch.tensor(float(len(sums["den"])))
+            if _total([(1.0, [count])], pg) > 0:  # some rank's parameters had gradients
+                self.update_d(group, _total(sums["num"], pg), _total([(1.0, sums["den"])], pg))
+                self.after_d(group, stepped, d)
+        elif sums["den"]:  # empty when no parameter had a gradient: nothing moved, nor does d
+            self.update_d(group, _total(sums["num"], None), _total([(1.0, sums["den"])], None))
             self.after_d(group, stepped, d)
 
     def update_d(self, group: dict, numerator: float, s_l1: float) -> None:  # pragma: no cover

@@ -108,6 +108,7 @@ class scale_by_novograd(Transform):
     eps_key: str = "eps"
     weight_decay_key: str = "weight_decay"
     hyperparameters = ("betas", "eps", "weight_decay")
+    moment_state = {'exp_avg': False}
     elementwise = False
     layerwise = True
     per_tensor_state = ("exp_avg_sq",)
@@ -135,8 +136,8 @@ class scale_by_novograd(Transform):
                 m.add_(decay if self.mask is None else torch.where(seg.expand(s["selected"]), decay, 0))
             u.replace([m])
             return
-        sq = torch._foreach_norm(g)
-        torch._foreach_mul_(sq, sq)
+        norms = torch._foreach_norm(g)
+        sq = torch._foreach_mul(norms, norms)  # not in place: a DTensor's norm (FSDP2) is a partial value
         torch._foreach_mul_(v, s["b2"])
         axpy_(v, s["1-b2"], sq)
         denom = torch._foreach_sqrt(v)  # 0-d tensors

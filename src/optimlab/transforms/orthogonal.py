@@ -30,6 +30,7 @@ import math
 import torch
 from torch import Tensor
 
+from .. import _dist
 from ..core import Transform
 
 __all__ = ["ema_momentum", "newton_schulz", "orthogonalize"]
@@ -45,6 +46,7 @@ class ema_momentum(Transform):
     nesterov: bool = False
     momentum_key: str = "momentum"
     hyperparameters = ("momentum", "nesterov")
+    moment_state = {'momentum_buffer': False}
 
     def init(self, p, group):
         return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
@@ -119,8 +121,9 @@ class orthogonalize(Transform):
     def update(self, u, s):
         new = []
         for g in u.updates:
-            o = newton_schulz(g, self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"]).to(g.dtype)
+            # a shard (FSDP2's DTensor) is orthogonalised whole: gathered, then re-sharded
+            o = newton_schulz(_dist.full(g), self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"]).to(g.dtype)
             ratio = _lr_ratio(self.adjust_lr_fn, g.shape)
-            new.append(o if ratio == 1.0 else o.mul_(ratio))
+            new.append(_dist.like(o if ratio == 1.0 else o.mul_(ratio), g))
         u.replace(new)
         u._owned = True

@@ -1,0 +1,257 @@
+"""Distributed scenarios: each trains a small MLP for a few steps under DDP, ZeroRedundancyOptimizer
+or FSDP2 (2 gloo ranks on 127.0.0.1) and returns the full parameters, which
+``test_distributed.py`` compares between the ranks (bit for bit) and with the same optimizer
+run in one process on the full batch (:func:`reference`).
+
+Run by hand (both ranks in one command, results printed)::
+
+    python tests/distributed/scenarios.py [NAME ...]
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import socket
+import sys
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import optimlab
+
+WORLD = 2
+STEPS = 12
+BATCH = 32
+NAN_STEP = 5  # skip_nonfinite scenarios: an inf gradient on this step (every rank)
+MASK = optimlab.Mask(exclude="bias")
+
+# name -> how to run it: wrapper ("ddp", "zero", "fsdp"), optimizer class and keywords, and
+# extras: zero (ZeroRedundancyOptimizer keywords), groups (two param groups: the last layer's bias
+# alone, so that under ZeRO one rank has an empty group), nan (inject inf), resume ("dcp": a
+# distributed checkpoint at half time; "torch": rank 0's state_dict through
+# torch.load(weights_only=True)), partial (process_group= given through functools.partial)
+SCENARIOS: dict[str, dict] = {
+    "ddp-adamw": dict(wrap="ddp", opt="AdamW", kw=dict(lr=1e-2)),
+    "ddp-adamw-resume-weights-only": dict(wrap="ddp", opt="AdamW", kw=dict(lr=1e-2, decay_mask=MASK), resume="torch"),
+    "zero-adamw": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2)),
+    "zero-adamw-bucket-view": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2), zero=dict(parameters_as_bucket_view=True)),
+    "zero-adamw-compile": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, compile=True)),
+    "zero-adamw-compile-bucket-view": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, compile=True),
+                                           zero=dict(parameters_as_bucket_view=True)),
+    "zero-adamw-empty-group": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2), groups=True),
+    "zero-clip": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05)),
+    "zero-clip-bucket-view": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05),
+                                  zero=dict(parameters_as_bucket_view=True)),
+    "zero-clip-partial": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05), partial=True),
+    "zero-skip-nonfinite": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, skip_nonfinite=True), nan=True),
+    "zero-prodigy": dict(wrap="zero", opt="Prodigy", kw=dict(d0=1e-3)),
+    "zero-dadapt": dict(wrap="zero", opt="DAdaptAdam", kw=dict(d0=1e-3)),
+    "zero-sgd-accumulate": dict(wrap="zero", opt="SGD", kw=dict(lr=0.05, momentum=0.9, accumulate_steps=2)),
+    "fsdp-adamw": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2)),
+    "fsdp-adamw-compile": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, compile=True)),
+    "fsdp-clip": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05)),
+    "fsdp-clip-param": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, clip_param_grad_norm=0.02)),
+    "fsdp-skip-nonfinite": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, skip_nonfinite=True), nan=True),
+    "fsdp-mask": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, weight_decay=0.5, decay_mask=MASK)),
+    "fsdp-lion": dict(wrap="fsdp", opt="Lion", kw=dict(lr=1e-3)),
+    "fsdp-lamb": dict(wrap="fsdp", opt="LAMB", kw=dict(lr=1e-2, weight_decay=0.01)),
+    "fsdp-lars": dict(wrap="fsdp", opt="LARS", kw=dict(lr=0.5)),
+    "fsdp-novograd": dict(wrap="fsdp", opt="NovoGrad", kw=dict(lr=1e-2)),
+    "fsdp-muon": dict(wrap="fsdp", opt="Muon", kw=dict(lr=1e-2), matrices=True),
+    "fsdp-adafactor": dict(wrap="fsdp", opt="Adafactor", kw=dict(lr=1e-2)),
+    "fsdp-prodigy": dict(wrap="fsdp", opt="Prodigy", kw=dict(d0=1e-3)),
+    "fsdp-adamw-resume-dcp": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, decay_mask=MASK), resume="dcp"),
+}
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, 6, generator=g), torch.randn(BATCH, 3, generator=g)
+
+
+def _groups(net: nn.Module, spec: dict):
+    named = [(n, p) for n, p in net.named_parameters() if p.ndim == 2 or not spec.get("matrices")]
+    if not spec.get("groups"):
+        return named
+    return [{"params": named[:-1]}, {"params": named[-1:], "lr": 3e-3}]
+
+
+def _poison(net: nn.Module, step: int) -> None:
+    """An inf in one gradient entry (the first layer's weight) on step NAN_STEP."""
+    if step == NAN_STEP:
+        g = next(net.parameters()).grad
+        if hasattr(g, "to_local"):  # FSDP2: the rank whose shard holds entry (0, 0)
+            g = g.to_local() if dist.get_rank() == 0 else g.to_local()[:0]
+        g.view(-1)[:1] = float("inf")
+
+
+def reference(name: str) -> torch.Tensor:
+    """The same optimizer in one process on the full batch: the parameters after STEPS steps."""
+    spec = SCENARIOS[name]
+    net = model()
+    opt = getattr(optimlab, spec["opt"])(_groups(net, spec), **spec["kw"])
+    x, y = data()
+    for step in range(STEPS):
+        _train_step(net, opt, x, y, spec, step)
+    return _flat(net)
+
+
+def _train_step(net, opt, x, y, spec, step) -> None:
+    loss = nn.functional.mse_loss(net(x), y)
+    loss.backward()
+    if spec.get("nan"):
+        _poison(net, step)
+    opt.step()
+    opt.zero_grad()
+
+
+def _flat(net: nn.Module) -> torch.Tensor:
+    full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in net.parameters()]
+    return torch.cat([p.detach().reshape(-1) for p in full])
+
+
+# ---------------------------------------------------------------------------------------------
+# One rank.
+# ---------------------------------------------------------------------------------------------
+def _build(spec: dict, rank: int):
+    """The wrapped model and optimizer of a scenario on this rank."""
+    net = model()
+    cls = getattr(optimlab, spec["opt"])
+    kw = dict(spec["kw"])
+    if spec["wrap"] == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(net, mesh=mesh)
+        return net, net, cls(_groups(net, spec), **kw)
+    ddp = nn.parallel.DistributedDataParallel(net)
+    if spec["wrap"] == "ddp":
+        return net, ddp, cls(_groups(net, spec), **kw)
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if spec.get("partial"):
+        cls = functools.partial(cls, process_group=dist.group.WORLD)
+    params = [g for g in _groups(net, spec)] if spec.get("groups") else [p for _, p in net.named_parameters()]
+    if spec.get("groups"):  # ZeRO takes groups of plain tensors
+        params = [{**g, "params": [p for _, p in g["params"]]} for g in params]
+        kw.pop("decay_mask", None)
+    return net, ddp, ZeroRedundancyOptimizer(params, cls, **spec.get("zero", {}), **kw)
+
+
+def run(name: str, rank: int, tmp: str) -> torch.Tensor:
+    """Train scenario ``name`` on this rank (its half of the batch); the full parameters."""
+    spec = SCENARIOS[name]
+    net, wrapped, opt = _build(spec, rank)
+    x, y = data()
+    half = BATCH // WORLD
+    xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+    for step in range(STEPS):
+        if step == STEPS // 2 and spec.get("resume"):
+            net, wrapped, opt = _resume(spec, net, opt, rank, tmp, name)
+        _train_step(wrapped, opt, xs, ys, spec, step) if not spec.get("nan") else _nan_step(net, wrapped, opt, xs, ys, step)
+    return _flat(net)
+
+
+def _nan_step(net, wrapped, opt, xs, ys, step) -> None:
+    nn.functional.mse_loss(wrapped(xs), ys).backward()
+    _poison(net, step)
+    opt.step()
+    opt.zero_grad()
+
+
+def _resume(spec, net, opt, rank, tmp, name):
+    """Save the optimizer (and model), build both afresh, load, and carry on."""
+    if spec["resume"] == "torch":
+        path = os.path.join(tmp, f"{name}.pt")
+        if rank == 0:
+            torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, path)
+        dist.barrier()
+        ckpt = torch.load(path, weights_only=True)
+        new_net, new_wrapped, new_opt = _build(spec, rank)
+        new_net.load_state_dict(ckpt["model"])
+        new_opt.load_state_dict(ckpt["opt"])
+        return new_net, new_wrapped, new_opt
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = os.path.join(tmp, name)
+    msd, osd = get_state_dict(net, opt)
+    dcp.save({"model": msd, "opt": osd}, checkpoint_id=path)
+    new_net, new_wrapped, new_opt = _build(spec, rank)
+    msd, osd = get_state_dict(new_net, new_opt)
+    state = {"model": msd, "opt": osd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(new_net, new_opt, model_state_dict=state["model"], optim_state_dict=state["opt"])
+    return new_net, new_wrapped, new_opt
+
+
+def worker(rank: int, port: int, names: list[str], out: str) -> None:
+    """One rank: every scenario in turn; ``{name: params or error text}`` saved to ``out``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as own:
+        tmp = dist.get_rank() == 0 and own
+        shared = [tmp]
+        dist.broadcast_object_list(shared, src=0)
+        for name in names:
+            try:
+                results[name] = run(name, rank, shared[0])
+            except Exception:  # reported by the test of that scenario
+                results[name] = traceback.format_exc()
+            dist.barrier()
+        dist.destroy_process_group()
+    torch.save(results, out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_all(names: list[str], folder: str) -> list[dict]:
+    """Both ranks (spawned processes) over ``names``; their results, rank by rank."""
+    import torch.multiprocessing as mp
+
+    port = free_port()
+    outs = [os.path.join(folder, f"rank{r}.pt") for r in range(WORLD)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(r, port, names, outs[r])) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+        if p.is_alive():
+            p.kill()
+    return [torch.load(o, weights_only=False) if os.path.exists(o) else {} for o in outs]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    chosen = sys.argv[1:] or list(SCENARIOS)
+    with tempfile.TemporaryDirectory() as d:
+        ranks = run_all(chosen, d)
+    for n in chosen:
+        got = [r.get(n) for r in ranks]
+        if any(not isinstance(g, torch.Tensor) for g in got):
+            print(f"{n}: ERROR\n{next(g for g in got if not isinstance(g, torch.Tensor))}")
+            continue
+        ref = reference(n)
+        print(f"{n}: ranks differ by {(got[0] - got[1]).abs().max().item():.3g}, "
+              f"from one process by {(got[0] - ref).abs().max().item():.3g}")
