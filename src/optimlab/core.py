@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .precision import Precision, hold_state, is_aux, is_held
+
 __all__ = [
     "Transform",
     "Updates",
@@ -311,6 +313,11 @@ class Transform:
     masks_on_flat = False
     #: True when :meth:`after` does something (so the engine calls it).
     has_after = False
+    #: state entries that are running statistics of the gradient (moments, shaped like p),
+    #: which ``state_dtype`` / ``state_bits`` may hold in low precision (see
+    #: :mod:`optimlab.precision`): key -> True if never negative (the unsigned 8-bit map).
+    #: Other state (parameter copies, preconditioner matrices) is always held as it is.
+    moment_state = {}  # type: dict[str, bool]
 
     def describe(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -385,7 +392,10 @@ class ChainOptimizer(torch.optim.Optimizer):
     may override any of them, and the user or a scheduler may change them between steps.
 
     ``lr_key`` names the hyperparameter that scales the final update (``None``: the chain's
-    output is applied as it is, as for Rprop).
+    output is applied as it is, as for Rprop). ``state_dtype``, ``state_bits`` and
+    ``param_rounding`` hold the moments in low precision and round 16-bit parameters
+    stochastically or with Kahan compensation (:mod:`optimlab.precision`); such steps run on
+    the eager path.
     """
 
     #: hyperparameters the base class reads for every optimizer (maximize and the extras).
@@ -405,10 +415,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         *,
         lr_key: str | None = "lr",
         compile: bool | None = False,
+        state_dtype: torch.dtype | None = None,
+        state_bits: int | None = None,
+        param_rounding: str | None = None,
     ) -> None:
         self._fixed_chain = tuple(transforms) if transforms is not None else None
         self.lr_key = lr_key
         self.compile = compile
+        # low-precision state and parameters (optimlab.precision); None: full precision
+        self.state_dtype, self.state_bits, self.param_rounding = state_dtype, state_bits, param_rounding
+        self._precision = (Precision(state_dtype, state_bits, param_rounding)
+                           if (state_dtype, state_bits, param_rounding) != (None, None, None) else None)
         self._counts: dict[Tensor, int] = {}  # step counts where torch keeps none (state_step=False)
         defaults = {**self._common_defaults, **(defaults or {})}
         # hyperparameters first (torch checks them before the parameters)
@@ -430,6 +447,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._step_info: dict[str, Any] = {}  # per-step values shared by all groups
         self._last_chains: dict[int, tuple] = {}  # id(group) -> the chain its state was made for
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
+        if self._precision is not None:
+            self._precision.check(self)
 
     #: update once every ``accumulate_steps`` calls to ``step`` with the mean gradient
     accumulate_steps = 1
@@ -439,6 +458,9 @@ class ChainOptimizer(torch.optim.Optimizer):
     complex_params = True
     #: whether the chain handles sparse gradients (SparseAdam); others refuse them clearly
     sparse_gradients = False
+    #: the low-precision options that act on this optimizer (the registry lists them):
+    #: ``state_dtype`` and ``state_bits`` act where the chain keeps moments (``moment_state``)
+    low_precision = ("state_dtype", "state_bits", "param_rounding")
     #: whether sparse gradients are accepted by stepping with their dense form (SGD, Adagrad:
     #: the same numbers as torch's sparse paths, at the cost of a dense pass over the parameter)
     densify_sparse_gradients = False
@@ -467,6 +489,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         for key in ("lr",):
             if key in group:
                 check_nonneg(key, group[key])
+        if group.get("differentiable") and self.__dict__.get("_precision") is not None:
+            raise ValueError(f"differentiable=True cannot be combined with {self._precision}: rounding and "
+                             "quantization have no useful gradient; drop one of them")
 
     # -- param groups ---------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -507,6 +532,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("compile", False)
+        for k in ("state_dtype", "state_bits", "param_rounding", "_precision"):
+            self.__dict__.setdefault(k, None)
         self.__dict__.setdefault("_micro", 0)
         self.__dict__.setdefault("_counts", {})
         self._step_info = {}
@@ -544,10 +571,16 @@ class ChainOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``; also takes torch.optim's state_dicts (and int steps)."""
         self._loading = state_dict.get("optimlab", {})
+        # the state as stored: torch casts every tensor to its parameter's dtype, which would
+        # turn 8-bit codes into floats and round float32 moments kept for 16-bit parameters
+        ids = [i for g in state_dict.get("param_groups", ()) for i in g["params"]]
+        saved = state_dict.get("state", {})
+        self._loaded_state = [{k: v for k, v in saved[i].items() if isinstance(v, Tensor)}
+                              if isinstance(saved.get(i), dict) else {} for i in ids]
         try:
             super().load_state_dict(state_dict)
         finally:
-            self._loading = None
+            self._loading = self._loaded_state = None
 
     def _tidy_state(self) -> None:
         """Make loaded (or unpickled) state runnable: optimlab's options that a torch.optim
@@ -587,6 +620,23 @@ class ChainOptimizer(torch.optim.Optimizer):
                     self._counts[p] = int(st.pop("step"))
                 elif st and p not in self._counts:  # torch's SGD: its state has started
                     self._counts[p] = 1
+        self._hold_state(self.__dict__.get("_loaded_state"))
+
+    def _hold_state(self, loaded: list[dict] | None) -> None:
+        """Bring every parameter's state to what this optimizer holds (``state_dtype``,
+        ``state_bits``, ``param_rounding``): a state_dict saved with other settings loads."""
+        i = 0
+        for group in self.param_groups:
+            moments = None
+            for p in group["params"]:
+                raw = loaded[i] if loaded and i < len(loaded) else None
+                i += 1
+                st = self.state.get(p)
+                if not isinstance(st, dict) or not st or (self._precision is None and not is_held(st)):
+                    continue
+                if moments is None:
+                    moments = _moments(self._chain(group))
+                hold_state(p, st, moments, self._precision, raw)
 
     # -- step counts ----------------------------------------------------------------------------
     def _step_of(self, p: Tensor, st: dict) -> int | None:
@@ -728,6 +778,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                 for t in chain:
                     for k, v in t.init(p, group).items():
                         st.setdefault(k, v)
+                if self._precision is not None:
+                    hold_state(p, st, _moments(chain), self._precision)
                 if not st:  # nothing to keep (SGD without momentum): torch keeps no entry
                     del self.state[p]
             key = (step, *(host_float(st.get(k)) for t in chain for k in t.host_keys))
@@ -741,9 +793,12 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _step_group(self, group: dict) -> None:
         if group.get("fused"):
             _check_fused(group)
-        # torch's fused kernel where it is the same algorithm, unless the compiled path was asked for
-        native = None if self.compile is True or group.get("differentiable") else self.native(group)
-        if native is None and (self.compile is not False or group.get("fused")) and not group.get("differentiable"):
+        # torch's fused kernel where it is the same algorithm, unless the compiled path was asked
+        # for; low-precision options run on the eager path (the kernels hold full precision)
+        lowp = self._precision
+        native = None if self.compile is True or group.get("differentiable") or lowp else self.native(group)
+        if (native is None and lowp is None and (self.compile is not False or group.get("fused"))
+                and not group.get("differentiable")):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
             group = self._flat_engine().step_group(self, group)
             if group is None:
@@ -755,17 +810,26 @@ class ChainOptimizer(torch.optim.Optimizer):
             if native is not None and native(params, grads, states, step):
                 continue
             self._set_steps(params, states, step + 1)
-            keys = dict.fromkeys(k for st in states for k in st if k not in _ENGINE_KEYS)
+            keys = dict.fromkeys(k for st in states for k in st
+                                 if k not in _ENGINE_KEYS and (lowp is None or not is_aux(k)))
             state = {k: [st.get(k) for st in states] for k in keys}
-            if any(p.is_complex() for p in params):  # torch's rule: a complex tensor is its real view
+            complex_ = any(p.is_complex() for p in params)
+            if complex_:  # torch's rule: a complex tensor is its real view (its state stays full precision)
                 params, grads = _real_views(params), _real_views(grads)
                 state = {k: _real_views(v) for k, v in state.items()}
             scalars = self._scalars(chain, group, step + 1, states)  # once: host state advances
-            for piece in _pieces(chain, params, grads, state, names):
-                u = Updates(*piece, step + 1)
+            for sel in _pieces(chain, params, grads, state):
+                write_back = None
+                if lowp is None or complex_:
+                    u = Updates(*_take(sel, params, grads, state, names), step + 1)
+                else:  # float32 working tensors of the piece, written back after the step
+                    piece, write_back = lowp.piece(sel, params, grads, states, keys, names)
+                    u = Updates(*piece, step + 1)
                 if maximize:
                     u.replace(torch._foreach_neg(u.grads), fresh=True)
                 run_chain(chain, u, scalars, lr)
+                if write_back is not None:
+                    write_back()
 
     def _flat_engine(self):
         """The flat-buffer engine (:mod:`optimlab._flat`), created on first use."""
@@ -868,42 +932,55 @@ def store_host(states: list[dict], key: str, value: float | Tensor) -> None:
 PIECE = 1 << 18
 
 
-def _pieces(chain, params: list, grads: list, state: dict, names: list):
-    """``(params, grads, state, names)`` lists for :class:`Updates`, a cache-sized piece at a time
-    (everything at once for small buckets, non-elementwise chains and differentiable steps)."""
+def _pieces(chain, params: list, grads: list, state: dict):
+    """The bucket a cache-sized piece at a time, as selections: None (everything at once: small
+    buckets, non-elementwise chains and differentiable steps) or a list of ``(i, a, b)`` --
+    entries ``a:b`` of the i-th tensor, or all of it for ``a`` None (see :func:`_take`)."""
     if sum(p.numel() for p in params) <= 2 * PIECE or torch.is_grad_enabled() or not all(t.elementwise for t in chain):
-        yield params, grads, state, names
+        yield None
         return
     # a mask selects by name and shape: only whole tensors may go to a masked chain
     sliceable = not any(getattr(t, "mask", None) is not None for t in chain)
     keys = list(state)
-    idx: list[int] = []
+    idx: list[tuple] = []
     size = 0
     for i, p in enumerate(params):
         n = p.numel()
         g = grads[i]
-        whole = [state[k][i] for k in keys]
         if (sliceable and n > 2 * PIECE and p.is_contiguous() and g.is_contiguous() and g.shape == p.shape
-                and all(not isinstance(v, Tensor) or v.shape != p.shape or v.is_contiguous() for v in whole)):
-            flat = [v.view(-1) if isinstance(v, Tensor) and v.shape == p.shape else None for v in whole]
-            pv, gv = p.view(-1), g.view(-1)
+                and all(not isinstance(v, Tensor) or v.shape != p.shape or v.is_contiguous()
+                        for v in (state[k][i] for k in keys))):
             for a in range(0, n, PIECE):
-                b = a + PIECE
-                yield ([pv[a:b]], [gv[a:b]],
-                       {k: [v if f is None else f[a:b]] for k, v, f in zip(keys, whole, flat)}, [names[i]])
+                yield [(i, a, a + PIECE)]
             continue
-        idx.append(i)
+        idx.append((i, None, None))
         size += n
         if size >= PIECE:
-            yield _take(idx, params, grads, state, names)
+            yield idx
             idx, size = [], 0
     if idx:
-        yield _take(idx, params, grads, state, names)
+        yield idx
 
 
-def _take(idx: list[int], params, grads, state, names):
+def _take(sel, params, grads, state, names):
+    """``(params, grads, state, names)`` lists of a selection from :func:`_pieces` (a slice
+    of a tensor slices the state entries shaped like it)."""
+    if sel is None:
+        return params, grads, state, names
+    if len(sel) == 1 and sel[0][1] is not None:
+        i, a, b = sel[0]
+        p = params[i]
+        return ([p.view(-1)[a:b]], [grads[i].view(-1)[a:b]],
+                {k: [v[i].view(-1)[a:b] if isinstance(v[i], Tensor) and v[i].shape == p.shape else v[i]]
+                 for k, v in state.items()}, [names[i]])
+    idx = [i for i, _, _ in sel]
     return ([params[i] for i in idx], [grads[i] for i in idx], {k: [v[i] for i in idx] for k, v in state.items()},
             [names[i] for i in idx])
+
+
+def _moments(chain) -> dict[str, bool]:
+    """The chain's moment state entries (``Transform.moment_state``): key -> never negative."""
+    return {k: v for t in chain for k, v in t.moment_state.items()}
 
 
 def _keep_copy(t: Tensor) -> Tensor:

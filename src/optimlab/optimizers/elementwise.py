@@ -109,6 +109,8 @@ class SignSGD(_Family):
     Example: ``optimlab.SignSGD(model.parameters(), lr=2e-3)``
     """
 
+    low_precision = ("param_rounding",)  # its state holds no gradient moments
+
     def __init__(self, params, lr=2e-3, weight_decay=0.0, *, maximize=False, foreach=None, **options):
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults, **options)

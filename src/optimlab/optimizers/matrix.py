@@ -175,6 +175,8 @@ class SparseAdam(Optimizer):
     Example: ``optimlab.SparseAdam(nn.Embedding(10_000, 64, sparse=True).parameters(), lr=1e-2)``.
     """
 
+    low_precision = ("param_rounding",)  # its row-wise moments stay full precision
+
     step_as_int = True  # torch's SparseAdam keeps an int count
 
     sparse_gradients = True

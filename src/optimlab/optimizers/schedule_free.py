@@ -169,6 +169,8 @@ class ScheduleFreeSGD(_ScheduleFree):
     ``SGDScheduleFree``. Example: ``optimlab.ScheduleFreeSGD(model.parameters(), lr=1.0)``.
     """
 
+    low_precision = ("param_rounding",)  # its state holds no gradient moments
+
     def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0,
                  weight_lr_power=2.0, *, foreach=None, maximize=False, **options):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,

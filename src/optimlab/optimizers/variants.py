@@ -99,6 +99,8 @@ class Rprop(Optimizer):
     Example: ``optimlab.Rprop(model.parameters(), lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50))``
     """
 
+    low_precision = ("param_rounding",)  # its state holds no gradient moments
+
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, capturable=False,
                  foreach=None, maximize=False, differentiable=False, **options):
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, capturable=capturable, foreach=foreach,
@@ -129,6 +131,8 @@ class ASGD(Optimizer):
 
     Example: ``optimlab.ASGD(model.parameters(), lr=0.01, t0=100)``
     """
+
+    low_precision = ("param_rounding",)  # its state holds no gradient moments
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, foreach=None,
                  maximize=False, differentiable=False, capturable=False, **options):

@@ -80,6 +80,7 @@ class scale_by_rss(Transform):
     eps_key: str = "eps"
     init_key: str = "initial_accumulator_value"
     hyperparameters = ("eps", "initial_accumulator_value")
+    moment_state = {"sum": True}
 
     def init(self, p, group):
         v0 = float(group[self.init_key])
@@ -122,6 +123,7 @@ class scale_by_rms(Transform):
     alpha_key: str = "alpha"
     eps_key: str = "eps"
     hyperparameters = ("alpha", "eps", "centered")
+    moment_state = {"square_avg": True, "grad_avg": False}
 
     def init(self, p, group):
         st = {"square_avg": _zeros(p)}
@@ -150,6 +152,7 @@ class scale_by_adadelta(Transform):
     rho_key: str = "rho"
     eps_key: str = "eps"
     hyperparameters = ("rho", "eps")
+    moment_state = {"square_avg": True, "acc_delta": True}
 
     def init(self, p, group):
         return {"square_avg": _zeros(p), "acc_delta": _zeros(p)}
@@ -176,6 +179,7 @@ class scale_by_adamax(Transform):
     betas_key: str = "betas"
     eps_key: str = "eps"
     hyperparameters = ("betas", "eps")
+    moment_state = {"exp_avg": False, "exp_inf": True}
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_inf": _zeros(p)}

@@ -35,6 +35,7 @@ class scale_by_adam(Transform):
     betas_key: str = "betas"
     eps_key: str = "eps"
     hyperparameters = ("betas", "eps", "amsgrad")
+    moment_state = {"exp_avg": False, "exp_avg_sq": True, "max_exp_avg_sq": True}
 
     def init(self, p, group):
         st = {"exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}

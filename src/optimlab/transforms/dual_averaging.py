@@ -49,6 +49,7 @@ class scale_by_madgrad(Transform):
     momentum_key: str = "momentum"
     eps_key: str = "eps"
     hyperparameters = ("lr", "momentum", "eps")
+    moment_state = {"grad_sum_sq": True}
 
     def init(self, p, group):
         zeros = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -59,6 +59,7 @@ class scale_by_factored_rms(Transform):
     decay_key: str = "beta2_decay"
     eps_key: str = "eps"
     hyperparameters = ("beta2_decay", "eps")
+    moment_state = {"variance": True}
     elementwise = False
     layerwise = True  # (only unfactored tensors reach the flat path: their code is elementwise)
 

@@ -108,7 +108,7 @@ class scale_by_novograd(Transform):
     eps_key: str = "eps"
     weight_decay_key: str = "weight_decay"
     hyperparameters = ("betas", "eps", "weight_decay")
-    moment_state = {'exp_avg': False}
+    moment_state = {"exp_avg": False}
     elementwise = False
     layerwise = True
     per_tensor_state = ("exp_avg_sq",)

@@ -101,6 +101,7 @@ class scale_by_prodigy(Transform):
     decouple: bool = False
     mask: Any = None
     hyperparameters = ("lr", "betas", "beta3", "eps", "weight_decay", "d0")
+    moment_state = {"exp_avg": False, "exp_avg_sq": True}
     elementwise = False
     layerwise = True
 
@@ -194,6 +195,7 @@ class scale_by_dadapt_adam(Transform):
     decouple: bool = False
     mask: Any = None
     hyperparameters = ("lr", "betas", "eps", "weight_decay")
+    moment_state = {"exp_avg": False, "exp_avg_sq": True}
     elementwise = False
     layerwise = True
 

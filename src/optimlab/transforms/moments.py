@@ -81,6 +81,7 @@ class scale_by_belief(Transform):
     betas_key: str = "betas"
     eps_key: str = "eps"
     hyperparameters = ("betas", "eps")
+    moment_state = {"exp_avg": False, "exp_avg_var": True}
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_avg_var": _zeros(p)}
@@ -112,6 +113,7 @@ class scale_by_yogi(Transform):
     eps_key: str = "eps"
     init_key: str = "initial_accumulator_value"
     hyperparameters = ("betas", "eps", "initial_accumulator_value")
+    moment_state = {"exp_avg": False, "exp_avg_sq": True}
 
     def init(self, p, group):
         v0 = float(group[self.init_key])
@@ -145,6 +147,7 @@ class scale_by_adan(Transform):
     betas_key: str = "betas"
     eps_key: str = "eps"
     hyperparameters = ("betas", "eps")
+    moment_state = {"exp_avg": False, "exp_avg_diff": False, "exp_avg_sq": True}
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_avg_diff": _zeros(p), "exp_avg_sq": _zeros(p), "prev_grad": _zeros(p)}
@@ -189,6 +192,7 @@ class scale_by_adopt(Transform):
     eps_key: str = "eps"
     clip_key: str = "clip_lambda"
     hyperparameters = ("betas", "eps", "clip_lambda")
+    moment_state = {"exp_avg": False, "exp_avg_sq": True}
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
@@ -226,6 +230,7 @@ class scale_by_ademamix(Transform):
     warmup_key: str = "t_alpha_beta3"
     eps_key: str = "eps"
     hyperparameters = ("betas", "alpha", "t_alpha_beta3", "eps")
+    moment_state = {"exp_avg": False, "exp_avg_slow": False, "exp_avg_sq": True}
 
     def init(self, p, group):
         return {"exp_avg": _zeros(p), "exp_avg_slow": _zeros(p), "exp_avg_sq": _zeros(p)}

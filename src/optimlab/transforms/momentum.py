@@ -26,6 +26,7 @@ class trace(Transform):
     momentum_key: str = "momentum"
     dampening_key: str = "dampening"
     hyperparameters = ("momentum", "dampening", "nesterov")
+    moment_state = {"momentum_buffer": False}
 
     def init(self, p, group):
         return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}

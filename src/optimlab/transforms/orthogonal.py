@@ -46,7 +46,7 @@ class ema_momentum(Transform):
     nesterov: bool = False
     momentum_key: str = "momentum"
     hyperparameters = ("momentum", "nesterov")
-    moment_state = {'momentum_buffer': False}
+    moment_state = {"momentum_buffer": False}
 
     def init(self, p, group):
         return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}

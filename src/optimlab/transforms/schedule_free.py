@@ -51,6 +51,7 @@ class scale_by_second_moment(Transform):
     betas_key: str = "betas"
     eps_key: str = "eps"
     hyperparameters = ("betas", "eps")
+    moment_state = {"exp_avg_sq": True}
 
     def init(self, p, group):
         return {"exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}

@@ -112,6 +112,7 @@ class scale_by_shampoo(Transform):
     hyperparameters = ("betas", "eps", "matrix_eps", "precondition_frequency", "start_preconditioning_step",
                        "grafting", "block_size", "root_dtype")
     elementwise = False
+    moment_state = {"exp_avg": False, "exp_avg_sq": True}
 
     def init(self, p, group):
         st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}

@@ -40,6 +40,7 @@ class scale_by_lion(Transform):
 
     betas_key: str = "betas"
     hyperparameters = ("betas",)
+    moment_state = {"exp_avg": False}
 
     def init(self, p, group):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}

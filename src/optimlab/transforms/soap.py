@@ -88,6 +88,7 @@ class scale_by_soap(Transform):
     hyperparameters = ("betas", "shampoo_beta", "eps", "weight_decay", "precondition_frequency",
                        "max_precond_dim", "correct_bias")
     elementwise = False
+    moment_state = {"exp_avg": False, "exp_avg_sq": True}
     has_after = True
 
     def init(self, p, group):

@@ -26,6 +26,7 @@ class scale_by_sophia(Transform):
     """State: ``exp_avg`` (m) and ``hessian`` (h), shaped like the parameter."""
 
     hyperparameters = ("betas", "rho", "eps")
+    moment_state = {"exp_avg": False, "hessian": False}
 
     def init(self, p, group):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
