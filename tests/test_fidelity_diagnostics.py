@@ -167,3 +167,54 @@ def test_fit_records_diagnostics_every_k_steps_and_writes_them():
     assert all(r["update_norm"] > 0 and r["effective_lr"] > 0 for r in rows)
     assert ("val/metric", 12) in tags and ("optimizer/group0/update_ratio", 12) in tags
     assert not opt._optimizer_step_post_hooks  # fit's tracker is removed at the end
+
+
+# -- performance profiles ------------------------------------------------------------------------
+def _rec(task, label, seed, vals, hib=True, diverged=False):
+    """A run record whose validation metric is ``vals[i]`` at step ``10 * (i + 1)``."""
+    log = [{"step": 10 * (i + 1), "seconds": 0.5 * (i + 1), "val_metric": v} for i, v in enumerate(vals)]
+    return {"task": task, "label": label, "seed": seed, "epochs_log": log, "higher_is_better": hib,
+            "diverged": diverged, "error": None}
+
+
+def test_performance_profile_on_constructed_records():
+    from optimlab.lab.profiles import TAUS, derive_targets, performance_profile, ratios, times_to_target
+
+    recs = [
+        # t1: A's seeds reach best 0.9, 0.8, 0.7 (median 0.8), B's 0.85 in all -> target 0.85
+        _rec("t1", "A", 0, [0.5, 0.9]), _rec("t1", "A", 1, [0.5, 0.8]), _rec("t1", "A", 2, [0.7, 0.7]),
+        _rec("t1", "B", 0, [0.85]), _rec("t1", "B", 1, [0.85]), _rec("t1", "B", 2, [0.2, 0.85]),
+        # t2 (lower is better): A reaches 0.1 at step 30, B at step 10; B diverges in one seed
+        _rec("t2", "A", 0, [0.5, 0.3, 0.1], hib=False), _rec("t2", "A", 1, [0.5, 0.3, 0.1], hib=False),
+        _rec("t2", "B", 0, [0.1], hib=False), _rec("t2", "B", 1, [0.1], hib=False),
+        _rec("t2", "B", 2, [0.1], hib=False, diverged=True),
+    ]
+    targets = derive_targets(recs)
+    assert targets == {"t1": 0.85, "t2": 0.1}
+    times = times_to_target(recs, targets)
+    # t1: A reaches 0.85 only in seed 0 (step 20): 1 of 3 -> never; B: steps 10, 10, 20 -> 10
+    # t2: A: 30, 30 -> 30; B: 10, 10, never -> 10 (2 of 3 seeds)
+    assert times == {"t1": {"A": math.inf, "B": 10.0}, "t2": {"A": 30.0, "B": 10.0}}
+    assert ratios(times) == {"t1": {"A": math.inf, "B": 1.0}, "t2": {"A": 3.0, "B": 1.0}}
+    prof = performance_profile(times)
+    assert prof["B"] == [1.0] * len(TAUS)
+    assert prof["A"] == [0.5 if tau >= 3 else 0.0 for tau in TAUS]  # within 3x on t2 only
+    assert times_to_target(recs, targets, unit="seconds")["t2"] == {"A": 1.5, "B": 0.5}
+    assert derive_targets(recs, baselines=["A"]) == {"t1": 0.8, "t2": 0.1}
+
+
+def test_benchmark_cli_prints_a_profile(tmp_path, capsys):
+    from optimlab.cli import main
+
+    out = tmp_path / "b"
+    assert main(["benchmark", "--task", "rosenbrock", "--task", "beale", "--optimizers", "adam:lr=0.05,sgd:lr=1e-3",
+                 "--seeds", "1", "--epochs", "150", "--workers", "1", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "performance profile" in text and (out / "profile.png").exists()
+    import json
+
+    summary = json.loads((out / "profile.json").read_text())
+    assert set(summary["profile"]) == {"adam:lr=0.05", "sgd:lr=1e-3"}
+    # each task's fastest optimizer has ratio 1, so some optimizer is at 1 at tau = 1 on each task
+    assert sum(rho[0] for rho in summary["profile"].values()) >= 1.0
+    assert main(["benchmark", "--tune", "-2", "--out", str(out)]) == 2

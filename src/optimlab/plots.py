@@ -15,7 +15,8 @@ import numpy as np
 
 from .lr_finder import smooth_losses
 
-__all__ = ["loss_curves", "metric_curves", "time_to_target", "trajectories", "lr_finder", "lr_sensitivity"]
+__all__ = ["loss_curves", "metric_curves", "time_to_target", "trajectories", "lr_finder", "lr_sensitivity",
+           "diagnostics", "performance_profile"]
 
 
 def _axes(ax, figsize=(6.4, 4.2)):
@@ -200,3 +201,39 @@ def lr_sensitivity(results: dict[str, list[dict[str, Any]]], best_lr: dict[str, 
     ax.set_yscale("log")
     return _finish(ax, "learning rate", "training loss: final (solid), best (dotted); x diverged",
                    title or "Learning-rate sensitivity")
+
+
+def diagnostics(records: list[dict[str, Any]], fig=None, title: str | None = None):
+    """Optimizer diagnostics over training (the runs' ``diagnostics`` rows, group 0): gradient
+    norm, update/parameter ratio and -- for adaptive methods -- the median effective learning
+    rate, per optimizer (mean and seed band), on three log-scale panels."""
+    if fig is None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, _ = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    panels = (("grad_norm", "gradient norm"), ("update_ratio", "update / parameter norm"),
+              ("effective_lr", "effective lr (median)"))
+    for ax, (key, label) in zip(fig.axes, panels):
+        for i, (name, rs) in enumerate(sorted(_by_label(records).items())):
+            rows = [[d for d in r.get("diagnostics") or [] if d.get("group", 0) == 0 and d.get(key) is not None]
+                    for r in rs]
+            _band(ax, [[d["step"] for d in ds] for ds in rows], [[d[key] for d in ds] for ds in rows], name, f"C{i}")
+        ax.set_yscale("log")
+        _finish(ax, "step", label, label)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def performance_profile(profile: dict[str, list[float]], taus, ax=None, title: str | None = None):
+    """Performance profiles (Dolan & Moré; AlgoPerf): per optimizer, the fraction of tasks on
+    which it reaches the target within tau times the fastest optimizer's time."""
+    fig, ax = _axes(ax)
+    for i, (name, rho) in enumerate(sorted(profile.items())):
+        ax.step(list(taus), rho, where="post", label=name, color=f"C{i}")
+    ax.set_ylim(-0.02, 1.02)
+    return _finish(ax, "tau (time to target / fastest time)", "fraction of tasks",
+                   title or "Performance profile")

@@ -5,6 +5,7 @@ arguments and calls the library.
     optimlab trajectories [...]       optimizer paths on a 2-D test function
     optimlab lr-find [...]            LR range test: a suggested learning rate for an optimizer on a task
     optimlab lr-sweep [...]           learning-rate sensitivity over a log grid (DeepOBS protocol)
+    optimlab benchmark [...]          performance profiles of optimizers across the learning tasks
     optimlab tasks [--json]           the lab's tasks
     optimlab optimizers [--json]      the registry: names, defaults, capabilities
 
@@ -18,6 +19,7 @@ import argparse
 import os
 import sys
 
+from . import benchmark as _benchmark
 from . import compare as _compare
 from . import lr_find as _lr_find
 from . import lr_sweep as _lr_sweep
@@ -27,7 +29,7 @@ from . import trajectories as _trajectories
 from ._common import PROG, HelpFormatter, Parser
 
 SUBCOMMANDS = {"compare": _compare, "trajectories": _trajectories, "tasks": _tasks, "optimizers": _optimizers,
-               "lr-find": _lr_find, "lr-sweep": _lr_sweep}
+               "lr-find": _lr_find, "lr-sweep": _lr_sweep, "benchmark": _benchmark}
 
 DESCRIPTION = """\
 optimlab compares PyTorch optimizers fairly -- the same tasks, budget and seeds for each --

@@ -25,11 +25,14 @@ def task_figures(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
     from .. import plots
 
     rs = [r for r in records if r["task"] == task]
-    return {
+    figures = {
         "loss": plots.loss_curves(rs, title=f"{task}: training loss"),
         "metric": plots.metric_curves(rs, title=f"{task}: validation metric"),
         "target": plots.time_to_target(rs, title=f"{task}: steps to target"),
     }
+    if any(r.get("diagnostics") for r in rs):  # optimizer diagnostics (optimlab.diagnostics)
+        figures["diagnostics"] = plots.diagnostics(rs, title=f"{task}: optimizer diagnostics")
+    return figures
 
 
 def _png(fig) -> bytes:

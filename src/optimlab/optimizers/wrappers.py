@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .. import registry
 from ..core import check_int, check_nonneg
+from ..diagnostics import Diagnosable
 
 __all__ = ["Lookahead", "SAM", "ASAM"]
 
@@ -66,7 +67,7 @@ def _inner(params, base, hyper: dict[str, Any], owner: str, base_defaults: dict[
     raise ValueError(f"Invalid base: {base!r} (expected a registry name such as 'adam' or an optimizer class)")
 
 
-class _Wrapper(torch.optim.Optimizer):
+class _Wrapper(Diagnosable, torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` around ``self.optimizer``: the same ``param_groups`` and
     ``defaults`` (shared, not copied), its own ``state`` for what the wrapper keeps."""
 

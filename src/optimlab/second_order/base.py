@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..core import as_mask, check_nonneg, check_positive
+from ..diagnostics import Diagnosable
 from .closures import FD_WARNING, call_closure, fd_hvp, user_stacklevel
 from .hessian import check_dense_cost, flatten, hessian_from_grads, hvp_from_grads, real_view, unflatten
 from .line_search import LINE_SEARCHES, LineSearchResult, backtracking, strong_wolfe
@@ -116,7 +117,7 @@ class Curvature:
         return h
 
 
-class ClosureOptimizer(torch.optim.Optimizer):
+class ClosureOptimizer(Diagnosable, torch.optim.Optimizer):
     """Base of the closure-based methods. Subclasses implement :meth:`_step` and extend
     :meth:`check_group`.
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..diagnostics import Diagnosable
 from .base import ClosureOptimizer, Cost
 from .closures import call_closure
 from .hessian import flatten, unflatten
@@ -30,7 +31,7 @@ from .line_search import backtracking, strong_wolfe
 __all__ = ["LineSearch"]
 
 
-class LineSearch(torch.optim.Optimizer):
+class LineSearch(Diagnosable, torch.optim.Optimizer):
     """Wraps ``optimizer``; ``step(closure)`` searches along the step it proposes."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, line_search_fn: str = "backtracking", t0: float = 1.0,
