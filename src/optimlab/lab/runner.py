@@ -41,7 +41,8 @@ from typing import Any
 import torch
 
 from .. import registry
-from ..train import evaluate, fit
+from ..diagnostics import compact
+from ..train import evaluate, fit, steps_per_epoch
 from .tasks import BUILTIN_TASKS, TASKS, Task, get_task, task_key
 
 __all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "grid", "run_one", "run_all",
@@ -49,6 +50,7 @@ __all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", 
            "resolve_start_method"]
 
 START_METHOD_ENV = "OPTIMLAB_START_METHOD"  # fork, spawn or forkserver: how run_all starts its workers
+DIAGNOSTICS_POINTS = 50  # optimizer diagnostics (optimlab.diagnostics) recorded ~this many times per run
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -267,7 +269,9 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         res = fit(model, opt, loss_fn, data.train, val=data.val, metric=task.metric,
                   higher_is_better=task.higher_is_better, epochs=epochs, batch_size=bs, seed=spec.seed,
                   target=task.target, checkpoint=ckpt, resume=ckpt is not None,
-                  on_epoch=_test_at_improvement(task, model, opt, loss_fn, data))
+                  on_epoch=_test_at_improvement(task, model, opt, loss_fn, data),
+                  diagnostics_every=max(1, math.ceil(epochs * steps_per_epoch(len(data.train[0]), bs)
+                                                     / DIAGNOSTICS_POINTS)))
         if callable(getattr(opt, "eval", None)):
             opt.eval()
         test_loss, test_metric = evaluate(model, loss_fn, data.test, task.metric)
@@ -289,6 +293,7 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
             target=task.target, metric=task.metric_name, higher_is_better=task.higher_is_better,
             steps_to_target=res.steps_to_target, seconds_to_target=res.seconds_to_target,
             curve=_downsample(res.step_losses), epochs_log=res.epoch_records, error=None,
+            diagnostics=compact(res.diagnostics),
             cost=_cost(opt, res), chance=chance and chance[0],
             stuck_at_chance=bool(chance and not res.diverged and final_val is not None
                                  and final_val <= chance[0] + chance[1]),
