@@ -560,7 +560,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         extra: dict[str, Any] = {"skipped_steps": self.skipped_steps, "micro_steps": self._micro}
         if not self.state_step:
             index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-            extra["steps"] = {index[id(p)]: n for p, n in self._counts.items() if id(p) in index}
+            extra["steps"] = {index[id(p)]: int(n) for p, n in self._counts.items() if id(p) in index}
         sd["optimlab"] = extra
         # masks as plain data, so that torch.load(weights_only=True) reads the checkpoint
         for g in sd["param_groups"]:
@@ -641,15 +641,17 @@ class ChainOptimizer(torch.optim.Optimizer):
     # -- step counts ----------------------------------------------------------------------------
     def _step_of(self, p: Tensor, st: dict) -> int | None:
         """How many steps ``p`` has taken (None: its state does not exist yet)."""
-        if not self.state_step:
-            return self._counts.get(p)
-        step = st.get("step")
+        step = self._counts.get(p) if not self.state_step else st.get("step")
         return None if step is None else int(step)
 
     def _set_steps(self, params: list[Tensor], states: list[dict], step: int) -> None:
-        if not self.state_step:
+        if not self.state_step:  # ints, or 0-d tensors once a step was traced (see _traced_step_group)
             for p in params:
-                self._counts[p] = step
+                c = self._counts.get(p)
+                if isinstance(c, Tensor):
+                    c.fill_(step)
+                else:
+                    self._counts[p] = step
             return
         if self.step_as_int:
             for st in states:
@@ -790,7 +792,64 @@ class ChainOptimizer(torch.optim.Optimizer):
             b[3].append(names[i] if names else None)
         return chain, buckets
 
+    def _init_group(self, group: dict) -> None:
+        """Create the missing state of the group's parameters that have a gradient, with 0-d
+        tensor step counts (also where torch keeps none: ``_counts``). ``torch.compile`` runs a
+        method of this name eagerly when it traces a step (as for torch.optim's optimizers), so
+        the traced step finds the state there from the first call on."""
+        chain = self._chain(group)
+        for p in group["params"]:
+            if self._grad(p) is None:
+                continue
+            st = self.state[p]
+            if self._step_of(p, st) is None:
+                self._set_steps([p], [st], 0)
+                for t in chain:
+                    for k, v in t.init(p, group).items():
+                        st.setdefault(k, v)
+            if not self.state_step and not isinstance(self._counts[p], Tensor):
+                self._counts[p] = torch.tensor(float(self._counts[p]), dtype=step_dtype())
+            if not st:  # nothing to keep (SGD without momentum): torch keeps no entry
+                del self.state[p]
+
+    def _traced_step_group(self, group: dict) -> None:
+        """The step as ``torch.compile(opt.step)`` traces it: each parameter with its own 0-d
+        tensor step count, the transforms' scalars as tensor expressions of it and ``lr`` as
+        given (a tensor stays one), so nothing that changes from step to step is a Python number
+        the compiled code would guard on -- one compilation, as torch's optimizers with a tensor
+        ``lr``. The same algorithm as the eager path; scalars are computed in the step count's
+        dtype instead of Python floats (rounding differences only). Transforms with host-side
+        history (NAdam, ASGD) and data-dependent scalars (RAdam's rectification switch) break
+        the graph there."""
+        self._init_group(group)
+        chain = self._chain(group)
+        names = group.get("param_names")
+        lr = None if self.lr_key is None else group[self.lr_key]
+        if isinstance(lr, Tensor):
+            lr = lr.reshape(())
+        view = {**group, **self._step_info} if self._step_info else group
+        for i, p in enumerate(group["params"]):
+            g = self._grad(p)
+            if g is None:
+                continue
+            st = self.state.get(p, {})
+            step = self._counts[p] if not self.state_step else st["step"]
+            step.add_(1)
+            state = {k: [v] for k, v in st.items() if k not in _ENGINE_KEYS}
+            params, grads = [p], [g]
+            if p.is_complex():  # torch's rule: a complex tensor is its real view
+                params, grads = _real_views(params), _real_views(grads)
+                state = {k: _real_views(v) for k, v in state.items()}
+            u = Updates(params, grads, state, [names[i] if names else None], step)
+            if group.get("maximize", False):
+                u.replace(torch._foreach_neg(u.grads), fresh=True)
+            run_chain(chain, u, [t.scalars(view, step, st) for t in chain], lr)
+
     def _step_group(self, group: dict) -> None:
+        if torch.compiler.is_compiling() and not group.get("differentiable"):
+            if any(t.host_keys for t in self._chain(group)):  # host-side history: eager (a graph break)
+                return _run_eagerly(self._step_group, group)
+            return self._traced_step_group(group)
         if group.get("fused"):
             _check_fused(group)
         # torch's fused kernel where it is the same algorithm, unless the compiled path was asked
@@ -878,6 +937,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         from .diagnostics import read
 
         return read(self)
+
+
+def _run_eagerly(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` outside what ``torch.compile`` traces (called while tracing: Dynamo is loaded)."""
+    return torch._dynamo.disable(fn)(*args)
 
 
 #: device types where ``fused=True`` runs (torch's list for its fused kernels)

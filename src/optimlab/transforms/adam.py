@@ -56,7 +56,8 @@ class scale_by_adam(Transform):
             "b2": b2,
             "1-b2": 1.0 - b2,
             "1/bc1": 1.0 / (1.0 - b1**step),
-            "1/sqrt(bc2)": 1.0 / math.sqrt(1.0 - b2**step),
+            # a traced step's count is a 0-d tensor (math.sqrt would read it back to the host)
+            "1/sqrt(bc2)": (1.0 - b2**step).rsqrt() if isinstance(step, torch.Tensor) else 1.0 / math.sqrt(1.0 - b2**step),
             "eps": group[self.eps_key],
         }
 

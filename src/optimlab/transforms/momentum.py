@@ -33,7 +33,11 @@ class trace(Transform):
 
     def scalars(self, group, step, host):
         mu = group[self.momentum_key]
-        first = step == 1 and self.start_from_grad  # torch's SGD: the buffer starts at the first gradient
+        if isinstance(step, torch.Tensor) and self.start_from_grad:  # a traced step: no Python branch
+            first = step == 1
+            damp = 1.0 - group.get(self.dampening_key, 0.0)
+            return {"mu": mu, "keep": torch.where(first, 0.0, mu), "add": torch.where(first, 1.0, damp)}
+        first = self.start_from_grad and step == 1  # torch's SGD: the buffer starts at the first gradient
         return {
             "mu": mu,
             "keep": 0.0 if first else mu,
