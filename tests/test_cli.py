@@ -55,6 +55,12 @@ BAD_INPUT = {
     "optimizer that cannot take the model": (["compare", "--task", "digits-cnn", "--optimizers", "muon"],
                                              ["'muon'", "2D parameters"]),
     "empty --out": (["compare", "--out", ""], ["--out is empty"]),
+    "negative trials": (["compare", "--trials", "-1"], ["--trials", "-1 is not allowed"]),
+    "unknown tuning dimension": (["compare", "--tune", "lr,beta2"], ["--tune", "beta2", "momentum"]),
+    "sweep without values": (["compare", "--sweep", "weight_decay"], ["weight_decay=0,1e-4"]),
+    "sweep of an option the optimizer lacks": (["compare", "--optimizers", "sgd", "--sweep", "decay=0,1e-3"],
+                                               ["'sgd:decay=0.0'", "decay"]),
+    "sweep of dropout": (["compare", "--sweep", "dropout=0,0.1"], ["no dropout"]),
     "lr-find: bad momentum": (["lr-find", "--optimizer", "sgd:momentum=-1"], ["'sgd:momentum=-1'", "momentum"]),
     "lr-find: end below start": (["lr-find", "--start", "1", "--end", "0.1"], ["--end 0.1", "--start 1"]),
     "lr-sweep: bad rates": (["lr-sweep", "--lrs", "1e-3,abc"], ["--lrs", "1e-3,abc"]),
@@ -159,7 +165,7 @@ def test_a_run_that_raises_says_why():
 @pytest.mark.slow
 def test_compare_folders_notes_json_and_resume(tmp_path):
     args = ["compare", "--task", "digits-mlp", "--optimizers", "sgd:lr=100,sgd:lr=1e-9,adam:lr=1e-3,betas=(0.9,0.99)",
-            "--seeds", "1", "--epochs", "1", "--workers", "2"]
+            "--seeds", "1", "--epochs", "1", "--workers", "2", "--trials", "0"]
     first = cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     # each row says why it failed, in the table
@@ -220,7 +226,7 @@ def _lines(path):
 @pytest.mark.slow
 def test_ctrl_c_stops_at_once_keeps_what_finished_and_says_how_to_resume(tmp_path):
     args = ["compare", "--task", "digits-mlp", "--optimizers", "sgd:lr=0.1,adam", "--seeds", "4", "--epochs", "8",
-            "--workers", "2", "--out", "cmp"]
+            "--workers", "2", "--out", "cmp", "--trials", "0"]
     records = tmp_path / "cmp" / "records.jsonl"
     proc = _start(args, tmp_path)
     _wait_for(lambda: len(_lines(records)) >= 1, proc)
@@ -277,7 +283,7 @@ def _gone(pids):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_die_with_the_main_process(tmp_path):
     args = ["compare", "--task", "digits-mlp", "--optimizers", "sgd:lr=0.1,adam", "--seeds", "2", "--epochs", "200",
-            "--workers", "2", "--quiet", "--out", "cmp"]
+            "--workers", "2", "--quiet", "--out", "cmp", "--trials", "0"]
     proc = _start(args, tmp_path)
     ckpts = tmp_path / "cmp" / "checkpoints"
     # a checkpoint is written after a run's first epoch: the workers are up and training

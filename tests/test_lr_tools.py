@@ -369,7 +369,7 @@ def test_lr_sweep_cli_json(tmp_path, capsys):
 
 def test_compare_lr_auto_uses_the_finder(tmp_path, capsys):
     assert main(["compare", "--task", "breast-cancer-logreg", "--optimizers", "sgd,adam:lr=0.1", "--lr", "auto",
-                 "--seeds", "1", "--epochs", "5", "--full-batch", "--out", str(tmp_path), "--json"]) == 0
+                 "--seeds", "1", "--epochs", "5", "--full-batch", "--out", str(tmp_path), "--json", "--trials", "0"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     labels = set(summary["tasks"]["breast-cancer-logreg"]["optimizers"])

@@ -80,7 +80,7 @@ def _cli(*args, cwd, env=None):
 def test_cli_compares_optimizers_on_a_module_function_task_under_spawn(user_module, tmp_path):
     out = tmp_path / "out"
     res = _cli("compare", "--task", f"{user_module}:make_task", "--optimizers", "sgd:lr=0.1,adam:lr=1e-2",
-               "--seeds", "2", "--epochs", "2", "--workers", "2", "--out", str(out), "--json", "--quiet",
+               "--seeds", "2", "--epochs", "2", "--trials", "0", "--workers", "2", "--out", str(out), "--json", "--quiet",
                cwd=tmp_path.parent, env={"PYTHONPATH": str(tmp_path), "OPTIMLAB_START_METHOD": "spawn"})
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
@@ -88,7 +88,8 @@ def test_cli_compares_optimizers_on_a_module_function_task_under_spawn(user_modu
     assert summary["tasks"]["tiny"]["verdict"] != "not tested"
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(r["error"] is None and r["task"] == "tiny" for r in records)
-    assert {(r["optimizer"], r["seed"]) for r in records} == {(o, s) for o in ("sgd", "adam") for s in (0, 1)}
+    assert {(r["phase"], r["optimizer"], r["seed"]) for r in records} == \
+        {("one-shot", o, s) for o in ("sgd", "adam") for s in (0, 1)}
     assert all(r["epochs"] == 2 and r["final_val_metric"] > 0.5 for r in records)
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from .lr_finder import smooth_losses
 
-__all__ = ["loss_curves", "metric_curves", "time_to_target", "trajectories", "lr_finder", "lr_sensitivity",
-           "diagnostics", "performance_profile"]
+__all__ = ["loss_curves", "metric_curves", "train_val_curves", "sweep_gap", "time_to_target", "trajectories",
+           "lr_finder", "lr_sensitivity", "diagnostics", "performance_profile"]
 
 
 def _axes(ax, figsize=(6.4, 4.2)):
@@ -95,6 +95,52 @@ def metric_curves(records: list[dict[str, Any]], ax=None, key: str = "val_metric
         ax.axhline(target, ls="--", color="gray", lw=1, label=f"target {target:g}")
     ylabel = key.replace("_", " ") if key != "val_metric" else f"validation {metric.replace('test ', '')}"
     return _finish(ax, "optimizer steps", ylabel, title)
+
+
+def train_val_curves(records: list[dict[str, Any]], ax=None, key: str = "loss", title: str | None = None):
+    """Training (dashed) and validation (solid) loss -- or metric, ``key="metric"`` -- against
+    steps, measured at the same evaluation points (the runs' ``train_eval_*`` and ``val_*``),
+    one colour per optimizer, mean and min-max band over seeds: the gap between the two lines
+    is the generalization gap."""
+    fig, ax = _axes(ax)
+    train_key, val_key = f"train_eval_{key}", f"val_{key}"
+    for i, (label, rs) in enumerate(sorted(_by_label(records).items())):
+        for k, style, what in ((val_key, "-", "validation"), (train_key, "--", "training")):
+            logs = [[e for e in r.get("epochs_log") or [] if e.get(k) is not None] for r in rs]
+            before = len(ax.lines)
+            _band(ax, [[e["step"] for e in lg] for lg in logs], [[e[k] for e in lg] for lg in logs],
+                  f"{label} {what}", color=f"C{i % 10}")
+            for line in ax.lines[before:]:
+                line.set_linestyle(style)
+    if key == "loss":
+        ax.set_yscale("log")
+    metric = next((r["metric"] for r in records if r.get("metric")), "metric").replace("test ", "")
+    return _finish(ax, "optimizer steps", f"{metric if key == 'metric' else 'loss'}: validation (solid), training (dashed)",
+                   title or "Training vs validation")
+
+
+def sweep_gap(rows: list[dict[str, Any]], ax=None, title: str | None = None):
+    """A regularization sweep (summary rows of phase ``"sweep"``): the generalization gap
+    (validation − training loss at the end) against the swept value, per optimizer, with its
+    95% interval over seeds; symlog x so that 0 shows."""
+    fig, ax = _axes(ax)
+    groups: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r.get("phase") == "sweep" and r.get("generalization_gap") is not None:
+            groups[r.get("base") or r["optimizer"]].append(r)
+    key = "value"
+    for i, (base, rs) in enumerate(sorted(groups.items())):
+        rs.sort(key=lambda r: r["sweep_value"])
+        key = rs[0]["sweep_key"]
+        xs, ys = [r["sweep_value"] for r in rs], [r["generalization_gap"] for r in rs]
+        err = [[y - (r["generalization_gap_ci"] or [y, y])[0] for y, r in zip(ys, rs)],
+               [(r["generalization_gap_ci"] or [y, y])[1] - y for y, r in zip(ys, rs)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=f"C{i % 10}", label=base)
+    positive = [r["sweep_value"] for rs in groups.values() for r in rs if r["sweep_value"] > 0]
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.axhline(0, color="gray", lw=0.8)
+    return _finish(ax, key, "validation − training loss (95% CI)", title or f"Generalization gap vs {key}")
 
 
 def time_to_target(records: list[dict[str, Any]], ax=None, unit: str = "steps", title: str | None = None):

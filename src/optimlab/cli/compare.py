@@ -1,9 +1,14 @@
-"""``optimlab compare``: train several optimizers on tasks over seeds, print the table, write
-the JSON Lines records, the PNG plots, the HTML report and ``run.json`` (the configuration,
-command line, versions and hardware) in a folder of its own.
+"""``optimlab compare``: compare optimizers on tasks with the same tuning budget each -- every
+optimizer as given (one-shot) and tuned (the best of N quasi-random trials on validation, run
+on fresh seeds) -- print the table with 95% intervals and the verdict, and write the JSON Lines
+records, the PNG plots, the HTML report and ``run.json`` (the configuration, command line,
+versions and hardware) in a folder of its own.
 
-    optimlab compare                                   # classic optimizers on digits-cnn, 3 seeds
-    optimlab compare --task mnist1d-mlp --optimizers 'sgd:lr=0.1,momentum=0.9,adam:lr=1e-3,betas=(0.9,0.99)' --seeds 5
+    optimlab compare                                   # SGD with momentum vs Adam on digits-cnn: one-shot and tuned
+    optimlab compare --task mnist1d-mlp --optimizers 'sgd:momentum=0.9,adam:betas=(0.9,0.99)' --trials 16
+    optimlab compare --tune lr,momentum,weight_decay,eps,schedule --trials 16   # a larger search space
+    optimlab compare --sweep weight_decay=0,1e-4,1e-3,1e-2                      # the generalization gap vs decay
+    optimlab compare --trials 0 --optimizers sgd:lr=0.1,adam:lr=1e-3 --seeds 3  # no tuning: as given only
     optimlab compare --task digits-mlp --full-batch --epochs 200 --json
     optimlab compare --out runs/mine                   # again after Ctrl-C: finishes the missing runs
     optimlab compare --task my_pkg.tasks:make_task --optimizers sgd:lr=0.1,adam   # your own model and data
@@ -19,10 +24,13 @@ import sys
 import time
 
 from ..lab.runner import split_optimizers
-from ._common import environment, fail, help_texts, positive_int, writable_dir
+from ..lab.tuning import DIMENSIONS
+from ._common import (add_executor_arguments, environment, executor_from_args, fail, help_texts, positive_int,
+                      writable_dir)
 
 DEFAULT_TASK = "digits-cnn"
-DEFAULT_OPTIMIZERS = "sgd:lr=0.05,sgd:lr=0.05,momentum=0.9,rmsprop:lr=1e-3,adam:lr=3e-3"
+# one string per optimizer: each gets the same tuning budget (two SGD strings against one Adam would not)
+DEFAULT_OPTIMIZERS = "sgd:momentum=0.9,adam"
 NOTE_WIDTH = 72  # the table's note column; longer notes are listed in full below the table
 
 
@@ -39,8 +47,20 @@ def add_parser(sub) -> None:
                         f"(default {DEFAULT_OPTIMIZERS})")
     p.add_argument("--lr", choices=["auto"], help="auto: each optimizer given without lr= gets the LR finder's "
                                                   "suggestion on the task (see `optimlab lr-find`)")
-    p.add_argument("--seeds", type=positive_int, default=3, metavar="N",
-                   help="seeds per optimizer, 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=5, metavar="N",
+                   help="evaluation seeds per optimizer and protocol, 0..N-1 (default 5)")
+    p.add_argument("--trials", type=_trials, default=8, metavar="N",
+                   help="tuning trials per optimizer: quasi-random points of its search space (`optimlab optimizers "
+                        "--json` shows them), chosen on validation (default 8; 0: no tuning, the optimizers as given)")
+    p.add_argument("--tune", default="lr", metavar="DIMS",
+                   help=f"what the trials search, comma-separated, from {', '.join(DIMENSIONS)} (momentum is beta1 "
+                        "for Adam-like optimizers; schedule: constant or warmup + cosine); 'all' for every one "
+                        "(default lr)")
+    p.add_argument("--tuning-seeds", type=positive_int, default=1, metavar="N",
+                   help="seeds per tuning trial (1000, 1001, ...: never an evaluation seed; default 1)")
+    p.add_argument("--sweep", metavar="OPTION=V1,V2,...",
+                   help="regularization sweep on each evaluated configuration, to show the generalization gap, "
+                        "e.g. weight_decay=0,1e-4,1e-3,1e-2 or l1=0,1e-5,1e-4")
     p.add_argument("--epochs", type=positive_int, metavar="N", help="epochs per run (default: the task's budget)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch-size", type=positive_int, metavar="N",
@@ -50,23 +70,68 @@ def add_parser(sub) -> None:
                    help="output folder (default runs/compare/TASK-YYYYmmdd-HHMMSS, a new one each time); "
                         "an existing one is resumed: only the runs it lacks are trained")
     p.add_argument("--workers", type=positive_int, metavar="N", help="parallel runs (default: number of cores)")
+    add_executor_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print a machine-readable summary on stdout (progress still goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _trials(text: str) -> int:
+    """A whole number >= 0 (``--trials 0``: no tuning)."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: give 0 (no tuning) or more trials, e.g. 8")
+    return v
+
+
+def _protocol(args):
+    """The tuning protocol from the arguments (``ValueError`` naming the bad value)."""
+    from ..lab.tuning import Protocol, parse_sweep
+
+    tune = tuple(DIMENSIONS) if args.tune.strip() == "all" else tuple(t.strip() for t in args.tune.split(",") if t.strip())
+    sweep = parse_sweep(args.sweep) if args.sweep else None
+    try:
+        return Protocol(trials=args.trials, tune=tune, tuning_seeds=args.tuning_seeds, seeds=args.seeds, sweep=sweep)
+    except ValueError as e:
+        raise ValueError(f"--tune / --sweep: {e}") from None
+
+
 def summary_json(rows, verdicts, report: str, records_path: str, notes=None, out: str | None = None) -> dict:
+    """What ``--json`` prints: per task the verdict of each protocol (tuned first), and per row
+    (one-shot, tuned, sweep) the numbers with their 95% intervals and the generalization gap."""
+    from ..lab.analysis import sweep_lines, tuning_lines
+
     out_: dict = {"out": out, "report": report, "records": records_path,
                   "run": os.path.join(out, "run.json") if out else None, "tasks": {}}
     for v in verdicts:
-        out_["tasks"][v["task"]] = {"verdict": v["verdict"], "evidence": v["text"], "optimizers": {}}
+        t = out_["tasks"].setdefault(v["task"], {"verdict": v["verdict"], "evidence": v["text"], "verdicts": {},
+                                                 "optimizers": {}})
+        t["verdicts"][v.get("phase") or "all"] = {
+            "verdict": v["verdict"], "faster": v["faster"], "generalizes_better": v["generalizes_better"],
+            "gap": v["gap_status"], "evidence": v["text"]}
     for r in rows:
+        if r.get("phase") == "tuning":
+            continue
         out_["tasks"][r["task"]]["optimizers"][r["label"]] = {
-            "metric": r["metric"], "final_test_metric": r["test_metric"], "test_metric_sd": r["test_metric_sd"],
-            "best_val_metric": r["best_val_metric"], "final_train_loss": r["final_train_loss"],
+            "protocol": r.get("phase"), "optimizer": r["optimizer"], "hyper": r.get("hyper"),
+            "schedule": r.get("schedule"), "trials": r.get("trials"), "metric": r["metric"],
+            "final_test_metric": r["test_metric"], "test_metric_sd": r["test_metric_sd"],
+            "test_metric_ci": r["test_metric_ci"], "test_metric_at_best_val": r["test_metric_at_best_val"],
+            "test_metric_at_best_val_ci": r["test_metric_at_best_val_ci"], "best_val_metric": r["best_val_metric"],
+            "final_train_loss": r["final_train_loss"], "final_train_eval_loss": r["final_train_eval_loss"],
+            "final_val_loss": r["final_val_loss"], "generalization_gap": r["generalization_gap"],
+            "generalization_gap_ci": r["generalization_gap_ci"], "metric_gap": r["metric_gap"],
             "steps_to_target": r["steps_to_target"], "seconds_to_target": r["seconds_to_target"],
             "reached_target": f"{r['reached']}/{r['runs']}", "diverged": r["diverged"], "failed": r["errors"],
             "seeds": r["runs"], "messages": r["messages"], "notes": (notes or {}).get((r["task"], r["label"]), [])}
+    for task, t in out_["tasks"].items():
+        mine = [r for r in rows if r["task"] == task]
+        t["tuning"], t["sweep"] = tuning_lines(mine), sweep_lines(mine)
     return out_
 
 
@@ -96,15 +161,19 @@ def _configuration(args, tasks, optimizers, out, workers) -> dict:
     argv = list(getattr(args, "argv", sys.argv[1:]))
     env = environment()
     # the pool runs each in one thread (runner._init_worker); a single process uses torch's default
-    env["hardware"]["threads_per_run"] = 1 if workers > 1 else env["hardware"]["torch_threads"]
+    env["hardware"]["threads_per_run"] = 1 if workers > 1 or args.executor == "ray" else env["hardware"]["torch_threads"]
     budget = {}
     for t in tasks:
         task = get_task(t)
         bs = None if args.full_batch else (args.batch_size or task.batch_size)
         budget[t] = {"epochs": args.epochs or task.epochs, "batch_size": "full" if bs is None else bs}
+    protocol = _protocol(args)
     return {"command": shlex.join(["optimlab", *argv]), "argv": argv, "out": out, "tasks": tasks,
-            "optimizers": optimizers, "seeds": list(range(args.seeds)), "budget": budget, "lr": args.lr,
-            "workers": workers, **env}
+            "optimizers": optimizers, "seeds": protocol.eval_seeds, "budget": budget, "lr": args.lr,
+            "protocol": {"trials": protocol.trials, "tune": list(protocol.tune),
+                         "tuning_seeds": protocol.tuning_seed_list if protocol.trials else [],
+                         "sweep": list(protocol.sweep) if protocol.sweep else None},
+            "workers": workers, "executor": args.executor, "ray_address": args.ray_address, **env}
 
 
 def _with_notes(table: str, rows, notes) -> tuple[str, list[str]]:
@@ -144,10 +213,14 @@ def run(args) -> int:
                 raise ValueError(f"tasks {names[name]!r} and {t!r} are both named {name!r}: give them different names")
             names[name] = t
         optimizers = split_optimizers(args.optimizers)
+        protocol = _protocol(args)
         for t in tasks:
             for text in optimizers:
                 check_optimizer(text, t)
+                for v in (protocol.sweep[1] if protocol.sweep else ()):
+                    check_optimizer(f"{text}{',' if ':' in text else ':'}{protocol.sweep[0]}={v!r}", t)
         resolve_start_method()  # a bad $OPTIMLAB_START_METHOD
+        executor_from_args(args)  # --ray-address without --executor ray; Ray not installed
         out = writable_dir(args.out if args.out is not None else _default_out(tasks))
     except (KeyError, ValueError) as e:
         return fail("compare", e)
@@ -156,6 +229,8 @@ def run(args) -> int:
         return _compare(args, tasks, optimizers, batch, out)
     except KeyboardInterrupt as e:
         return _interrupted(args, out, e)
+    except ConnectionError as e:  # --executor ray: the cluster cannot be reached
+        return fail("compare", e)
 
 
 def _interrupted(args, out: str, e: KeyboardInterrupt) -> int:
@@ -184,11 +259,12 @@ def _interrupted(args, out: str, e: KeyboardInterrupt) -> int:
 
 
 def _compare(args, tasks: list[str], optimizers: list[str], batch, out: str) -> int:
-    from ..lab import grid, run_all
-    from ..lab.analysis import format_table, summarize, verdict
+    from ..lab import run_all
+    from ..lab.analysis import format_table, summarize, sweep_lines, table_order, tuning_lines, verdict
     from ..lab.report import write_report
-    from ..lab.runner import load_records, row_notes
+    from ..lab.runner import Interrupted, load_records, row_notes
     from ..lab.tasks import get_task
+    from ..lab.tuning import evaluation_specs, protocol_specs, search_space
 
     log = sys.stderr  # progress and status: stdout is the table, or pure JSON with --json
     try:
@@ -200,25 +276,48 @@ def _compare(args, tasks: list[str], optimizers: list[str], batch, out: str) -> 
             per_task = {t: optimizers for t in tasks}
     except (KeyError, ValueError) as e:
         return fail("compare", e)
-    specs = [s for t in tasks for s in grid([t], per_task[t], seeds=args.seeds, epochs=args.epochs, batch_size=batch)]
+    protocol = _protocol(args)
+    first = [s for t in tasks for s in protocol_specs([t], per_task[t], protocol, args.epochs, batch)]
+    # the evaluation runs follow the tuning: their number is known, their configurations not yet
+    n_sweep = len(protocol.sweep[1]) if protocol.sweep else 0
+    n_second = sum(len(per_task[t]) for t in tasks) * args.seeds * ((1 if protocol.trials else 0) + n_sweep)
+    total = len(first) + n_second
 
     records_path = os.path.join(out, "records.jsonl")
     run_json = os.path.join(out, "run.json")
-    workers = min(args.workers or os.cpu_count() or 1, len(specs))
+    workers = min(args.workers or os.cpu_count() or 1, total)
     config = _configuration(args, tasks, per_task, out, workers)
     config["started"] = datetime.datetime.now().isoformat(timespec="seconds")
-    keys = {s.key for s in specs}
-    already = sum(r.get("error") is None and r["key"] in keys for r in load_records(records_path))
-    _write_json(dict(config, status="running", runs={"total": len(specs), "saved": already}), run_json)
-    print(f"{len(specs)} runs ({len(tasks)} task(s) x {len(optimizers)} optimizer(s) x {args.seeds} seed(s)) "
-          f"in {out}" + (f"; resuming: {already} already recorded" if already else ""), file=log, flush=True)
+    keys = {s.key for s in first}
+    recorded = [r for r in load_records(records_path) if r.get("error") is None]
+    already = sum(r["key"] in keys or r.get("phase") in ("tuned", "sweep") for r in recorded)
+    _write_json(dict(config, status="running", runs={"total": total, "saved": already}), run_json)
+    plan = (f"per optimizer {protocol.trials} tuning trials x {protocol.tuning_seeds} seed(s), then " if protocol.trials
+            else "")
+    searched = "; ".join(f"{text}: {', '.join(search_space(text, protocol.tune)) or 'nothing'}" for text in optimizers)
+    print(f"{total} runs in {out}: {plan}one-shot{' and tuned' if protocol.trials else ''} on {args.seeds} seed(s)"
+          + (f", sweep {protocol.sweep[0]} over {n_sweep} values" if n_sweep else "")
+          + (f" (searched: {searched})" if protocol.trials else "")
+          + (f"; resuming: {already} already recorded" if already else ""), file=log, flush=True)
 
-    records = run_all(specs, records_path, workers=args.workers, progress=not args.quiet,
-                      checkpoint_dir=os.path.join(out, "checkpoints"))  # Ctrl-C: Interrupted, see run()
+    run_kw = dict(workers=args.workers, progress=not args.quiet, checkpoint_dir=os.path.join(out, "checkpoints"),
+                  executor=executor_from_args(args))
+    try:  # Ctrl-C: Interrupted, see run(); counted over both stages
+        records = run_all(first, records_path, **run_kw)
+    except Interrupted as e:
+        raise Interrupted(e.saved, total, e.path) from None
+    second = [s for t in tasks for s in evaluation_specs(records, [t], per_task[t], protocol, args.epochs, batch)[0]]
+    try:
+        records += run_all(second, records_path, **run_kw)
+    except Interrupted as e:
+        raise Interrupted(len(records) + e.saved, total, e.path) from None
 
     rows = summarize(records)
-    verdicts = [verdict(rows, get_task(t).name) for t in tasks]  # records name a module:function task by its name
-    notes = row_notes(records)
+    shown = [r for r in rows if r.get("phase") != "tuning"]  # the trials are summarized in tuning_lines
+    phases = ["tuned", "one-shot"] if protocol.trials else ["one-shot"]
+    # records name a module:function task by its name
+    verdicts = [verdict(rows, get_task(t).name, phase) for t in tasks for phase in phases]
+    notes = row_notes([r for r in records if r.get("phase") != "tuning"])
     config["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     try:
         os.rmdir(os.path.join(out, "checkpoints"))  # left only if some run failed mid-way
@@ -226,7 +325,7 @@ def _compare(args, tasks: list[str], optimizers: list[str], batch, out: str) -> 
         pass
     report = write_report(records, os.path.join(out, "report.html"), pngs_dir=out, config=config)
     failed = sum(bool(r.get("error")) for r in records)
-    _write_json(dict(config, status="done", runs={"total": len(specs), "saved": len(records), "failed": failed}),
+    _write_json(dict(config, status="done", runs={"total": total, "saved": len(records), "failed": failed}),
                 run_json)
     status = 1 if records and failed == len(records) else 0
     if status:
@@ -234,12 +333,16 @@ def _compare(args, tasks: list[str], optimizers: list[str], batch, out: str) -> 
     if args.json:
         print(json.dumps(summary_json(rows, verdicts, report, records_path, notes, out), indent=2))
         return status
-    table, below = _with_notes(format_table(rows), rows, notes)
+    table, below = _with_notes(format_table(shown), table_order(shown), notes)
     print(table)
     if below:
         print("\nnotes:\n" + "\n".join(f"  {n}" for n in below))
+    for title, lines in (("tuning", tuning_lines(shown)), ("regularization sweep", sweep_lines(shown))):
+        if lines:
+            print(f"\n{title}:\n" + "\n".join(f"  {n}" for n in lines))
     for v in verdicts:
-        print(f"\n{v['task']}: \"Adam converges faster and generalizes better than SGD/GD\" — {v['verdict']}.")
+        which = f" ({v['phase']})" if v.get("phase") else ""
+        print(f"\n{v['task']}{which}: \"Adam converges faster and generalizes better than SGD/GD\" — {v['verdict']}.")
         for t in v["text"]:
             print(f"  {t}")
     print(f"\nreport: {report}\nplots:  {out}/*.png\nrun:    {run_json} (configuration, command, versions)")

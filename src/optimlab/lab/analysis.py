@@ -35,7 +35,16 @@ The protocol (Wilson et al. 2017; Choi et al. 2019; Schmidt et al. 2021; Dahl et
   (``test_metric_at_best_val``) when every compared seed has it, else on the final
   ``test_metric`` -- the verdict says which. The generalization gap (validation loss minus
   training loss) uses the training loss evaluated at the end (``final_train_eval_loss``) when
-  recorded; the epoch-average ``final_train_loss`` otherwise, flagged as approximate.
+  recorded; the epoch-average ``final_train_loss`` otherwise, flagged as approximate. It is
+  judged on its own (the same tests, per seed) and reported next to the test metric: a
+  "generalizes better" names its criterion, a "smaller gap" is a separate finding.
+* **Intervals** are Student-t intervals of the mean over seeds, the same model as the tests.
+  For a bounded metric (accuracy) with few seeds such an interval may reach past 100 %; it is
+  shown as computed, not clipped, because clipping would hide how rough the approximation is
+  (a Wilson interval describes the test set's sampling, not the seed-to-seed spread).
+* **The protocol** (:mod:`optimlab.lab.tuning`) gives rows a ``phase``: one-shot rows (each
+  optimizer's defaults) and tuned rows (the best of an equal number of trials, chosen on
+  validation, run on fresh seeds) are judged separately (``verdict(..., phase=...)``).
 """
 
 from __future__ import annotations
@@ -47,10 +56,11 @@ from typing import Any
 
 from . import stats
 
-__all__ = ["summarize", "select", "compare", "verdict", "format_table"]
+__all__ = ["summarize", "select", "compare", "verdict", "format_table", "table_order", "tuning_lines", "sweep_lines"]
 
 ADAM = "adam"
 SGD = "sgd"
+PHASES = ("one-shot", "tuned", "sweep", "tuning")  # the protocol's phases, in the order tables show them
 
 
 def _failed(r: dict) -> bool:
@@ -77,14 +87,10 @@ def _summary_row(task: str, label: str, order: int, rs: list[dict]) -> dict[str,
     have_at_best = bool(ok) and all(_num(r.get("test_metric_at_best_val")) is not None for r in ok)
     at_best = stats.t_interval([r.get("test_metric_at_best_val") for r in ok] if have_at_best else [])
     val = stats.t_interval([r.get("best_val_metric") for r in ok])
-    gaps, exact = [], True
-    for r in ok:
-        train = _num(r.get("final_train_eval_loss"))
-        if train is None:
-            exact, train = False, _num(r.get("final_train_loss"))
-        if train is not None and _num(r.get("final_val_loss")) is not None:
-            gaps.append(r["final_val_loss"] - train)
-    per_seed = [{"seed": r.get("seed"), "ok": not _failed(r),
+    exact = all(_num(r.get("final_train_eval_loss")) is not None for r in ok)
+    gap = stats.t_interval([_gap(r) for r in ok])
+    metric_gap = stats.t_interval([_metric_gap(r) for r in ok])
+    per_seed = [{"seed": r.get("seed"), "ok": not _failed(r), "gap": _gap(r) if not _failed(r) else None,
                  "test_metric": _num(r.get("test_metric")) if not _failed(r) else None,
                  "test_metric_at_best_val": _num(r.get("test_metric_at_best_val")) if not _failed(r) else None,
                  # a failed seed counts as never reaching the target
@@ -101,8 +107,15 @@ def _summary_row(task: str, label: str, order: int, rs: list[dict]) -> dict[str,
         "test_metric_at_best_val_ci": _ci(at_best),
         "best_val_metric": val.mean, "best_val_metric_sd": val.sd,
         "final_train_loss": _mean([r.get("final_train_loss") for r in ok]),
-        "generalization_gap": _mean(gaps),
-        "generalization_gap_exact": exact if gaps else None,
+        "final_train_eval_loss": _mean([r.get("final_train_eval_loss") for r in ok]),
+        "final_val_loss": _mean([r.get("final_val_loss") for r in ok]),
+        "generalization_gap": gap.mean, "generalization_gap_ci": _ci(gap),
+        "generalization_gap_exact": exact if gap.n else None,
+        "metric_gap": metric_gap.mean, "metric_gap_ci": _ci(metric_gap),
+        "phase": first.get("phase"), "base": first.get("base"), "trials": first.get("trials"),
+        "chosen_trial": first.get("chosen_trial"), "searched": first.get("searched"),
+        "hyper": first.get("hyper"), "schedule": first.get("schedule"),
+        "sweep_key": first.get("sweep_key"), "sweep_value": first.get("sweep_value"),
         "reached": sum(s["steps_to_target"] is not None for s in per_seed),
         "steps_to_target": stats.censored_median([s["steps_to_target"] for s in per_seed]),
         "seconds_to_target": stats.censored_median([s["seconds_to_target"] for s in per_seed]),
@@ -111,6 +124,24 @@ def _summary_row(task: str, label: str, order: int, rs: list[dict]) -> dict[str,
         "messages": sorted({r["message"] for r in rs if r.get("message") and not r.get("error")}
                            | {r["error"] for r in rs if r.get("error")}),
     }
+
+
+def _gap(r: dict) -> float | None:
+    """Validation loss minus training loss at the end of training: the training loss evaluated
+    at the final point when recorded, else (older records, marked approximate) the last
+    evaluation's running average over the steps before it."""
+    train = _num(r.get("final_train_eval_loss"))
+    if train is None:
+        train = _num(r.get("final_train_loss"))
+    val = _num(r.get("final_val_loss"))
+    return None if train is None or val is None else val - train
+
+
+def _metric_gap(r: dict) -> float | None:
+    """Training metric minus validation metric at the end (for accuracy: how much better the
+    model does on what it saw)."""
+    train, val = _num(r.get("final_train_eval_metric")), _num(r.get("final_val_metric"))
+    return None if train is None or val is None else train - val
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -164,7 +195,10 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     none_reached (for ``a``). ``failures``: a :class:`stats.FailureComparison`.
     ``criterion``: the metric judged; ``metric``: its :class:`stats.Difference` (``a - b`` in
     the metric's units); ``generalization_status`` one of better / worse / no_difference /
-    too_few / deterministic / blocked; ``decided_by``: the criterion or ``"failures"``."""
+    too_few / deterministic / blocked; ``decided_by``: the criterion or ``"failures"``.
+    ``gap``: the :class:`stats.Difference` of the generalization gaps (validation minus
+    training loss at the end, per successful seed), ``gap_status`` smaller / larger /
+    no_difference / too_few / deterministic (for ``a``)."""
     sign = 1 if a["higher_is_better"] else -1
     out: dict[str, Any] = {}
 
@@ -208,6 +242,19 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         gen = "no_difference"
     out.update(failures=fail, criterion=criterion, metric=d, generalization_status=gen, decided_by=decided_by,
                generalizes_better={"better": True, "worse": False}.get(gen))
+
+    ga = {k: v for k, v in _seed_values(a, "gap", True).items() if v is not None}
+    gb = {k: v for k, v in _seed_values(b, "gap", True).items() if v is not None}
+    seeds = _pairing(ga, gb)
+    if seeds is not None:
+        g = stats.mean_difference([ga[s] for s in seeds], [gb[s] for s in seeds], paired=True)
+    else:
+        g = stats.mean_difference(list(ga.values()), list(gb.values()))
+    if g.kind in ("too_few", "deterministic"):
+        gap = g.kind
+    else:
+        gap = ("smaller" if g.diff < 0 else "larger") if g.significant else "no_difference"
+    out.update(gap=g, gap_status=gap)
     return out
 
 
@@ -252,6 +299,17 @@ def _ok_txt(row) -> str:
 
 
 def _budget_sentence(a, s, n_a, n_s, n, metric_name) -> str:
+    if a.get("phase") == "tuned" and n_a == n_s == 1:
+        searched = ", ".join(a.get("searched") or ["lr"])
+        if a.get("trials") != s.get("trials"):
+            return (f"Unequal tuning budgets ({a['label']}: {a.get('trials')} trials, {s['label']}: {s.get('trials')}): "
+                    f"the comparison is not fair.")
+        return (f"Tuned: {a['label']} and {s['label']} are each the best of {a.get('trials')} quasi-random trials "
+                f"(searched: {searched}) by validation {metric_name.replace('test ', '')} on tuning seeds (never by "
+                f"the test set), then run on {a['runs']} fresh seeds.")
+    if a.get("phase") == "one-shot" and n_a == n_s == 1:
+        return (f"One-shot: {a['label']} and {s['label']} as given, each optimizer's own defaults for the rest "
+                f"(no tuning), on {a['runs']} seeds.")
     if n_a == n_s == 1:
         return f"Compared {a['label']} with {s['label']} (one configuration each)."
     chose = (f"{a['label']} and {s['label']}, each chosen by mean best validation {metric_name.replace('test ', '')} "
@@ -334,14 +392,25 @@ def _generalization_sentences(a, s, c) -> list[str]:
     return [head, tail]
 
 
-def _gap_sentence(a, s) -> str | None:
+def _gap_sentence(a, s, c) -> str | None:
     if a["generalization_gap"] is None and s["generalization_gap"] is None:
         return None
     exact = a["generalization_gap_exact"] is not False and s["generalization_gap_exact"] is not False
     note = "" if exact else (" (approximate: the records have only the epoch-average training loss, not the "
                              "training loss evaluated at the end)")
-    return (f"Generalization gap (validation loss − training loss at the last evaluation): {a['label']} "
-            f"{_fmt(a['generalization_gap'], digits=3)}, {s['label']} {_fmt(s['generalization_gap'], digits=3)}{note}.")
+    g, status = c["gap"], c["gap_status"]
+    head = (f"Generalization gap, judged on validation loss − training loss at the end{note}: {a['label']} "
+            f"{_mean_ci(a, 'generalization_gap', False)}; {s['label']} {_mean_ci(s, 'generalization_gap', False)}")
+    if status in ("smaller", "larger"):
+        test = "paired t-test" if g.kind == "paired" else "Welch's t-test"
+        who = a["label"] if status == "smaller" else s["label"]
+        return (f"{head}. Difference {_delta(g.diff, False)} (95% CI {_delta(g.lo, False)} to {_delta(g.hi, False)}; "
+                f"{test}, {_p(g.p)}): {who} has the smaller gap.")
+    if status == "no_difference":
+        return f"{head}. No significant difference in the gap ({_p(g.p)})."
+    if status == "deterministic":
+        return f"{head}. Deterministic runs: too few independent seeds to compare the gaps."
+    return f"{head}. Too few seeds to compare the gaps."
 
 
 _PARTS_FASTER = {"faster": "yes", "slower": "no", "tie": "equally fast", "no_difference": "no significant difference",
@@ -352,20 +421,23 @@ _PARTS_BETTER = {"better": "yes", "worse": "no", "no_difference": "no significan
                  "blocked": "blocked by failures"}
 
 
-def verdict(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
+def verdict(rows: list[dict[str, Any]], task: str, phase: str | None = None) -> dict[str, Any]:
     """Does "Adam converges faster and generalizes better than SGD/GD" hold on ``task``?
 
     ``adam`` against ``sgd``, each the validation-selected configuration of an equal number of
-    tuning trials (see the module docstring for the protocol). Returns ``verdict`` ("holds",
-    "does not hold", "partly (...)", "inconclusive (...)" or "not tested"), ``faster`` and
-    ``generalizes_better`` (True / False / None for no significant answer), the sentences in
-    ``text``, and the numbers behind them (``speed``, ``generalization``, ``failures``,
-    ``budget``, ``criterion``)."""
-    rows = [r for r in rows if r["task"] == task]
+    tuning trials (see the module docstring for the protocol). ``phase`` (``"tuned"``,
+    ``"one-shot"``, see :mod:`optimlab.lab.tuning`): judge only the rows of that phase.
+    Returns ``verdict`` ("holds", "does not hold", "partly (...)", "inconclusive (...)" or
+    "not tested"), ``faster`` and ``generalizes_better`` (True / False / None for no
+    significant answer; judged on the test metric), ``gap_status`` (the generalization gap,
+    judged separately), the sentences in ``text``, and the numbers behind them (``speed``,
+    ``generalization``, ``gap``, ``failures``, ``budget``, ``criterion``)."""
+    rows = [r for r in rows if r["task"] == task and (phase is None or r.get("phase") == phase)]
     n_a = sum(r["optimizer"] == ADAM for r in rows)
     n_s = sum(r["optimizer"] == SGD for r in rows)
     if not n_a or not n_s:
-        return {"task": task, "verdict": "not tested", "faster": None, "generalizes_better": None, "text": [
+        return {"task": task, "phase": phase, "verdict": "not tested", "faster": None, "generalizes_better": None,
+                "gap_status": None, "text": [
             f"The comparison needs runs of {ADAM} and of {SGD} on this task (other Adam variants such as adamw "
             "are optimizers of their own, not stand-ins)."]}
     n = min(n_a, n_s)
@@ -373,13 +445,18 @@ def verdict(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
     c = compare(adam, sgd)
     text = [_budget_sentence(adam, sgd, n_a, n_s, n, adam["metric"] or "metric"), _speed_sentence(adam, sgd, c),
             *_generalization_sentences(adam, sgd, c)]
-    gap = _gap_sentence(adam, sgd)
+    gap = _gap_sentence(adam, sgd, c)
     if gap:
         text.append(gap)
     faster, better = c["faster"], c["generalizes_better"]
+    unequal = adam.get("phase") == "tuned" and adam.get("trials") != sgd.get("trials")
+    if unequal:
+        faster = better = None
     detail = (f"faster: {_PARTS_FASTER[c['speed_status']]}; "
               f"generalizes better: {_PARTS_BETTER[c['generalization_status']]}")
-    if faster is True and better is True:
+    if unequal:
+        v = "inconclusive (unequal tuning budgets)"
+    elif faster is True and better is True:
         v = "holds"
     elif faster is False and better is False:
         v = "does not hold"
@@ -387,22 +464,86 @@ def verdict(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
         v = f"inconclusive ({detail})"
     else:
         v = f"partly ({detail})"
-    return {"task": task, "verdict": v, "faster": faster, "generalizes_better": better, "adam": adam["label"],
+    return {"task": task, "phase": phase, "verdict": v, "faster": faster, "generalizes_better": better,
+            "gap_status": c["gap_status"], "gap": dataclasses.asdict(c["gap"]), "adam": adam["label"],
             "sgd": sgd["label"], "text": text, "criterion": c["decided_by"],
-            "budget": {ADAM: n_a, SGD: n_s, "compared": n, "equal": n_a == n_s},
+            "budget": {ADAM: n_a, SGD: n_s, "compared": n, "equal": n_a == n_s and not unequal,
+                       **({"trials": {ADAM: adam.get("trials"), SGD: sgd.get("trials")}} if adam.get("phase") == "tuned"
+                          else {})},
             "speed": dataclasses.asdict(c["speed"]), "speed_status": c["speed_status"],
             "generalization": dataclasses.asdict(c["metric"]), "generalization_status": c["generalization_status"],
             "failures": dataclasses.asdict(c["failures"])}
+
+
+def _hyper_txt(row) -> str:
+    """The searched hyperparameters of a tuned row (β1 for ``betas``)."""
+    h, searched = dict(row.get("hyper") or {}), row.get("searched") or []
+    if "betas" in h and "momentum" in searched:
+        h["beta1"] = h["betas"][0]
+    parts = [f"{k}={_fmt(v, digits=3) if isinstance(v, float) else v}" for k, v in sorted(h.items())
+             if k in searched or k == "beta1"]
+    if row.get("schedule") or "schedule" in searched:
+        parts.append(f"schedule={row.get('schedule') or 'constant'}")
+    return ", ".join(parts)
+
+
+def tuning_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per tuned row: the chosen trial, its searched hyperparameters and how many
+    trials it was chosen from."""
+    return [f"{r['task']} {r['label']}: trial {r['chosen_trial']} of {r['trials']} ({_hyper_txt(r)}), chosen on "
+            f"validation" for r in rows if r.get("phase") == "tuned"]
+
+
+def sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The regularization sweep per optimizer: each value's test metric and generalization gap
+    (validation − training loss at the end) with 95% intervals, and whether the gap closed
+    (the largest value's gap against the smallest value's: a paired t-test over the shared
+    seeds, Welch's otherwise)."""
+    out = []
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        if r.get("phase") == "sweep":
+            groups[(r["task"], r.get("base"), r["sweep_key"])].append(r)
+    for (task, base, key), rs in groups.items():
+        rs.sort(key=lambda r: r["sweep_value"])
+        pct = _is_pct(rs[0])
+        cells = [f"{key}={r['sweep_value']:g}: test {_fmt(r['test_metric_at_best_val'] if r['test_metric_at_best_val'] is not None else r['test_metric'], pct)}, "
+                 f"gap {_fmt(r['generalization_gap'], digits=3)}"
+                 + (f" [{_fmt(r['generalization_gap_ci'][0], digits=3)}, {_fmt(r['generalization_gap_ci'][1], digits=3)}]"
+                    if r["generalization_gap_ci"] else "") for r in rs]
+        lo = {s["seed"]: s["gap"] for s in rs[0]["per_seed"] if s["gap"] is not None}
+        hi = {s["seed"]: s["gap"] for s in rs[-1]["per_seed"] if s["gap"] is not None}
+        seeds = _pairing(hi, lo)
+        d = (stats.mean_difference([hi[k] for k in seeds], [lo[k] for k in seeds], paired=True) if seeds is not None
+             else stats.mean_difference(list(hi.values()), list(lo.values())))
+        if d.kind in ("too_few", "deterministic"):
+            trend = "too few seeds to tell whether the gap changes"
+        elif d.significant:
+            trend = (f"the gap {'closes' if d.diff < 0 else 'widens'} by {abs(d.diff):.3g} from {key}="
+                     f"{rs[0]['sweep_value']:g} to {rs[-1]['sweep_value']:g} ({_p(d.p)})")
+        else:
+            trend = f"no significant change in the gap from {key}={rs[0]['sweep_value']:g} to {rs[-1]['sweep_value']:g} ({_p(d.p)})"
+        out.append(f"{task} {base}: " + "; ".join(cells) + f" — {trend}.")
+    return out
+
+
+def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as tables show them: by task, then protocol phase (one-shot, tuned, sweep), then label."""
+    if not any(r.get("phase") for r in rows):
+        return rows
+    return sorted(rows, key=lambda r: (r["task"], PHASES.index(r["phase"]) if r.get("phase") in PHASES else len(PHASES),
+                                       r["label"]))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of summary rows: success count, test metric with its 95% interval
     over the successful seeds (final, and at the best-validation checkpoint when recorded),
     validation, generalization gap (``~`` = approximate), censored median time to target."""
-    head = ["task", "optimizer", "lr", "ok", "test metric [95% CI]", "test @best val", "best val", "val-train loss",
-            "steps->target", "s->target", "reached"]
+    phased = any(r.get("phase") for r in rows)
+    head = ["task", "optimizer", *(["protocol"] if phased else []), "lr", "ok", "test metric [95% CI]", "test @best val",
+            "best val", "val-train loss", "steps->target", "s->target", "reached"]
     lines = [head]
-    for r in rows:
+    for r in table_order(rows):
         pct = _is_pct(r)
 
         def cell(key):
@@ -415,7 +556,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if r["generalization_gap"] is not None and not r["generalization_gap_exact"]:
             gap = "~" + gap
         steps = "not reached" if r["steps_to_target"] is None and r["runs"] else _fmt(r["steps_to_target"])
-        lines.append([r["task"], r["label"], _fmt(r["lr"]), f"{r['ok']}/{r['runs']}", cell("test_metric"),
+        lines.append([r["task"], r["label"], *([r.get("phase") or "-"] if phased else []), _fmt(r["lr"]),
+                      f"{r['ok']}/{r['runs']}", cell("test_metric"),
                       cell("test_metric_at_best_val"), _fmt(r["best_val_metric"], pct), gap, steps,
                       _fmt(r["seconds_to_target"], digits=3), f"{r['reached']}/{r['runs']}"])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]

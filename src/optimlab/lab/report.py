@@ -1,6 +1,7 @@
 """The HTML report: one self-contained file (plots embedded as PNG data) with, per task, the
-comparison table, loss / metric / time-to-target plots, and the verdict on "Adam converges
-faster and generalizes better than SGD/GD".
+verdict on "Adam converges faster and generalizes better than SGD/GD" for each protocol (tuned,
+one-shot), the comparison table with 95% intervals and generalization gaps, the chosen tuning
+trials, the regularization sweep, and loss / metric / train-vs-validation / time-to-target plots.
 
     >>> path = write_report(records, "runs/report.html", pngs_dir="runs")
 """
@@ -14,22 +15,28 @@ import io
 import os
 from typing import Any
 
-from .analysis import summarize, verdict
+from .analysis import PHASES, summarize, sweep_lines, table_order, tuning_lines, verdict
 from .runner import row_notes
 
 __all__ = ["write_report", "task_figures"]
 
 
 def task_figures(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
-    """The figures for one task: loss curves, validation metric, time to target."""
+    """The figures for one task: loss curves, validation metric, training vs validation loss,
+    time to target (the one-shot and tuned rows, not each tuning trial), and the sweep's gap."""
     from .. import plots
 
-    rs = [r for r in records if r["task"] == task]
+    rs = [r for r in records if r["task"] == task and r.get("phase") not in ("tuning", "sweep")]
     figures = {
         "loss": plots.loss_curves(rs, title=f"{task}: training loss"),
         "metric": plots.metric_curves(rs, title=f"{task}: validation metric"),
         "target": plots.time_to_target(rs, title=f"{task}: steps to target"),
     }
+    if any(e.get("train_eval_loss") is not None for r in rs for e in r.get("epochs_log") or []):
+        figures["train-val"] = plots.train_val_curves(rs, title=f"{task}: training vs validation loss")
+    swept = [r for r in records if r["task"] == task and r.get("phase") == "sweep"]
+    if swept:
+        figures["sweep"] = plots.sweep_gap(summarize(swept), title=f"{task}: generalization gap vs {swept[0]['sweep_key']}")
     if any(r.get("diagnostics") for r in rs):  # optimizer diagnostics (optimlab.diagnostics)
         figures["diagnostics"] = plots.diagnostics(rs, title=f"{task}: optimizer diagnostics")
     return figures
@@ -50,16 +57,24 @@ def _cell(x, pct=False):
     return f"{100 * x:.2f}%" if pct else f"{x:.4g}"
 
 
+def _ci_cell(r, key, pct=False) -> str:
+    ci = r.get(f"{key}_ci")
+    return _cell(r[key], pct) + (f" [{_cell(ci[0], pct)}, {_cell(ci[1], pct)}]" if ci else "")
+
+
 def _table(rows, notes=None) -> str:
     notes = notes or {}
-    head = ("optimizer", "lr", "test metric (mean ± sd)", "best val", "final train loss", "val − train loss",
+    head = ("optimizer", "protocol", "lr", "test metric at best val [95% CI]", "final test metric [95% CI]", "best val",
+            "train loss (end)", "val loss (end)", "gap: val − train loss [95% CI]", "gap: train − val metric",
             "median steps to target", "median s to target", "reached", "diverged / failed", "s per run", "note")
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    for r in rows:
+    for r in table_order(rows):
         pct = r["metric"] is not None and "accuracy" in r["metric"]
         out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            r["label"], _cell(r["lr"]), f"{_cell(r['test_metric'], pct)} ± {_cell(r['test_metric_sd'], pct)}",
-            _cell(r["best_val_metric"], pct), _cell(r["final_train_loss"]), _cell(r["generalization_gap"]),
+            r["label"], r.get("phase") or "–", _cell(r["lr"]), _ci_cell(r, "test_metric_at_best_val", pct),
+            _ci_cell(r, "test_metric", pct), _cell(r["best_val_metric"], pct),
+            _cell(r["final_train_eval_loss"] if r["final_train_eval_loss"] is not None else r["final_train_loss"]),
+            _cell(r["final_val_loss"]), _ci_cell(r, "generalization_gap"), _cell(r["metric_gap"], pct),
             _cell(r["steps_to_target"]), _cell(r["seconds_to_target"]), f"{r['reached']}/{r['runs']}",
             r["diverged"] + r["errors"], _cell(r["seconds"]))) +
             f"<td class=note>{'<br>'.join(html.escape(n) for n in notes.get((r['task'], r['label']), []))}</td></tr>")
@@ -107,17 +122,26 @@ def write_report(records: list[dict[str, Any]], path: str, pngs_dir: str | None 
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(records)} runs, generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Each optimizer gets the "
-             "same budget (epochs, batch size) and the same seeds; the test metric is measured once, after training; "
-             "the target is checked on the validation set after every epoch.</p>"]
+             "same budget (epochs, batch size, tuning trials) and the same seeds; a tuned configuration is chosen on "
+             "validation with tuning seeds and run on fresh ones; the test metric is read at the best-validation "
+             "checkpoint and at the end; validation (and the training set, for the gap) is measured twice per epoch, "
+             "which is also the resolution of the time to target. Intervals are 95% t-intervals over seeds, "
+             "not clipped to the metric's range.</p>"]
     if config:
         parts.append(_configuration(config))
     for task in tasks:
-        task_rows = [r for r in rows if r["task"] == task]
-        v = verdict(rows, task)
+        task_rows = [r for r in rows if r["task"] == task and r.get("phase") != "tuning"]
+        phases = [p for p in PHASES if p in ("tuned", "one-shot") and any(r.get("phase") == p for r in task_rows)]
         parts.append(f"<h2>{html.escape(task)}</h2>")
-        parts.append(f"<div class=verdict><b>Adam converges faster and generalizes better than SGD/GD — "
-                     f"{html.escape(v['verdict'])}.</b><br>" + "<br>".join(html.escape(t) for t in v["text"]) + "</div>")
+        for phase in phases or [None]:
+            v = verdict(rows, task, phase)
+            parts.append(f"<div class=verdict><b>{html.escape(phase + ': ') if phase else ''}Adam converges faster and "
+                         f"generalizes better than SGD/GD — {html.escape(v['verdict'])}.</b><br>"
+                         + "<br>".join(html.escape(t) for t in v["text"]) + "</div>")
         parts.append(_table(task_rows, notes))
+        for head, lines in (("Tuning", tuning_lines(task_rows)), ("Regularization sweep", sweep_lines(task_rows))):
+            if lines:
+                parts.append(f"<h3>{head}</h3><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
         parts.append("<div class=plots>")
         for name, fig in task_figures(records, task).items():
             png = _png(fig)

@@ -42,7 +42,9 @@ import torch
 
 from .. import registry
 from ..diagnostics import compact
+from ..schedules import Scheduler, cosine, warmup
 from ..train import evaluate, fit, steps_per_epoch
+from .executors import RayExecutor, get_executor
 from .tasks import BUILTIN_TASKS, TASKS, Task, get_task, task_key
 
 __all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "grid", "run_one", "run_all",
@@ -50,7 +52,10 @@ __all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", 
            "resolve_start_method"]
 
 START_METHOD_ENV = "OPTIMLAB_START_METHOD"  # fork, spawn or forkserver: how run_all starts its workers
+EVALS_PER_EPOCH = 2  # validation (and the training set) is measured this often per epoch, and at each epoch's end
 DIAGNOSTICS_POINTS = 50  # optimizer diagnostics (optimlab.diagnostics) recorded ~this many times per run
+SCHEDULES = ("constant", "warmup_cosine")  # a run's learning-rate schedule (RunSpec.schedule)
+WARMUP_FRACTION = 0.05  # warmup_cosine: linear warmup over this share of the steps, then cosine to 0
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -165,7 +170,10 @@ def check_optimizer(text: str, task: str | Task | None = None, *, without_lr: bo
 class RunSpec:
     """One training run. ``lr=None`` uses the optimizer's own default learning rate (or the
     one in ``hyper``); ``batch_size="task"`` the task's default, ``None`` full batch.
-    ``task``: a name, a ``"module:function"`` reference, or a :class:`Task` (pickled to workers)."""
+    ``task``: a name, a ``"module:function"`` reference, or a :class:`Task` (pickled to workers).
+    ``schedule``: ``None`` or ``"constant"`` (the learning rate as given) or ``"warmup_cosine"``
+    (linear warmup over 5 % of the steps, then cosine to 0). ``tags`` are copied into the record
+    (the tuning protocol's ``phase``, ``base`` and ``trial``) and are part of the run's key."""
 
     task: str | Task
     optimizer: str
@@ -174,12 +182,17 @@ class RunSpec:
     epochs: int | None = None
     batch_size: int | None | str = "task"
     label: str = ""
+    schedule: str | None = None
+    tags: tuple[tuple[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
-        blob = json.dumps([task_key(self.task), self.optimizer, list(self.hyper), self.seed, self.epochs, self.batch_size],
-                          default=repr)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+        parts = [task_key(self.task), self.optimizer, list(self.hyper), self.seed, self.epochs, self.batch_size]
+        if self.schedule not in (None, "constant"):
+            parts.append(self.schedule)
+        if self.tags:  # only when set: the keys of earlier records stay valid
+            parts.append(list(self.tags))
+        return hashlib.sha1(json.dumps(parts, default=repr).encode()).hexdigest()[:16]
 
     @property
     def name(self) -> str:
@@ -252,7 +265,9 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
     in one line why a run is not healthy (diverged, error, stuck at chance)."""
     t0 = time.perf_counter()
     record: dict[str, Any] = {"key": spec.key, "task": task_key(spec.task), "optimizer": spec.optimizer, "label": spec.name,
-                              "hyper": dict(spec.hyper), "seed": spec.seed}
+                              "hyper": dict(spec.hyper), "seed": spec.seed, **dict(spec.tags)}
+    if spec.schedule not in (None, "constant"):
+        record["schedule"] = spec.schedule
     try:
         task = get_task(spec.task)
         record["task"] = task.name  # what tables and reports call it (a reference's own name)
@@ -262,32 +277,39 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         hyper = _task_hyper(task, spec.optimizer, dict(spec.hyper))
         # named: name-based masks (decay_mask=r"bias|norm", MuonAdam's embedding rule) see the names
         opt = registry.create(spec.optimizer, model.named_parameters(), **hyper)
+        lr = next((g["lr"] for g in opt.param_groups if "lr" in g), None)  # before a schedule changes it
         epochs = spec.epochs or task.epochs
         bs = task.batch_size if spec.batch_size == "task" else spec.batch_size
         # test functions take thousands of one-step epochs: a checkpoint each would cost more than the run
         ckpt = os.path.join(checkpoint_dir, f"{spec.key}.pt") if checkpoint_dir and task.kind != "function" else None
+        spe = steps_per_epoch(len(data.train[0]), bs)
+        # test functions take one-step epochs and have no data: each epoch is already each step
+        finer = task.kind != "function" and spe > 1
         res = fit(model, opt, loss_fn, data.train, val=data.val, metric=task.metric,
                   higher_is_better=task.higher_is_better, epochs=epochs, batch_size=bs, seed=spec.seed,
                   target=task.target, checkpoint=ckpt, resume=ckpt is not None,
                   on_epoch=_test_at_improvement(task, model, opt, loss_fn, data),
-                  diagnostics_every=max(1, math.ceil(epochs * steps_per_epoch(len(data.train[0]), bs)
-                                                     / DIAGNOSTICS_POINTS)))
+                  scheduler=_scheduler(spec.schedule, opt, epochs * spe),
+                  eval_every=max(1, spe // EVALS_PER_EPOCH) if finer else None,
+                  train_eval=None if task.kind == "function" else _train_part(data, spec.seed),
+                  diagnostics_every=max(1, math.ceil(epochs * spe / DIAGNOSTICS_POINTS)))
         if callable(getattr(opt, "eval", None)):
             opt.eval()
         test_loss, test_metric = evaluate(model, loss_fn, data.test, task.metric)
         # the training loss evaluated where the final validation loss was (not the epoch's
         # running average over changing weights): the generalization gap compares like with like
-        train_eval_loss, _ = evaluate(model, loss_fn, data.train, task.metric)
+        train_eval_loss, train_eval_metric = evaluate(model, loss_fn, data.train, task.metric)
         chance = chance_level(task, data)
         final_val = res.last("val_metric")
         record.update(
-            lr=next((g["lr"] for g in opt.param_groups if "lr" in g), None),
+            lr=lr,
             epochs=res.epochs, batch_size=bs, steps=res.steps, seconds=res.seconds,
             diverged=res.diverged, message=res.message,
             final_train_loss=res.last("train_loss"), final_val_loss=res.last("val_loss"),
             final_val_metric=final_val,
             best_val_metric=res.best("val_metric", task.higher_is_better),
             final_train_eval_loss=None if res.diverged else train_eval_loss,
+            final_train_eval_metric=None if res.diverged else train_eval_metric,
             test_metric_at_best_val=None if res.diverged else _at_best_val(res.epoch_records, task),
             test_loss=None if res.diverged else test_loss, test_metric=None if res.diverged else test_metric,
             target=task.target, metric=task.metric_name, higher_is_better=task.higher_is_better,
@@ -306,6 +328,29 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         record["note"] = _note(record)
     record["wall_seconds"] = time.perf_counter() - t0
     return _finite(record)
+
+
+def _scheduler(schedule: str | None, opt, total_steps: int) -> Scheduler | None:
+    """The run's learning-rate schedule (see :data:`SCHEDULES`); None for a constant rate."""
+    if schedule in (None, "constant"):
+        return None
+    if schedule != "warmup_cosine":
+        raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    lr = opt.param_groups[0]["lr"]
+    w = max(1, round(WARMUP_FRACTION * total_steps))
+    return Scheduler(opt, {"lr": warmup(cosine(lr, max(1, total_steps - w)), w)})
+
+
+def _train_part(data, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random part of the training set as large as the validation set (all of it if
+    smaller): its loss and metric are measured at the same points as validation's, at the
+    same cost and with the same noise."""
+    x, y = data.train
+    k = min(len(x), max(len(data.val[0]), 1))
+    if k == len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]
+    return x[idx], y[idx]
 
 
 def row_notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
@@ -519,7 +564,8 @@ def _check_picklable(task: Task, method: str) -> None:
 
 
 def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, progress: bool = False,
-            checkpoint_dir: str | None = None, start_method: str | None = None) -> list[dict[str, Any]]:
+            checkpoint_dir: str | None = None, start_method: str | None = None,
+            executor: str | RayExecutor | None = None) -> list[dict[str, Any]]:
     """Run every spec not yet recorded in ``path`` (JSON Lines), appending each record as it
     finishes; return the records of all ``specs``. The progress bar goes to stderr.
 
@@ -527,14 +573,19 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
     the finished runs are kept, and with ``checkpoint_dir`` the interrupted ones continue from
     their last epoch next time. Workers die with this process, even when it is killed.
     ``start_method``: how workers start (default ``$OPTIMLAB_START_METHOD``, else the platform's).
-    A :class:`Task` object given in ``specs`` must pickle (``ValueError`` up front otherwise)."""
+    A :class:`Task` object given in ``specs`` must pickle (``ValueError`` up front otherwise).
+    ``executor``: ``"local"`` (default: the process pool) or ``"ray"`` / a
+    :class:`~optimlab.lab.executors.RayExecutor` (each run a Ray task; ``workers`` caps how many
+    run at once, default: as many as the cluster takes)."""
     method = resolve_start_method(start_method)
+    remote = get_executor(executor)  # None: the local pool
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["key"]: r for r in load_records(path) if r.get("error") is None}
     todo = [s for s in specs if s.key not in done]
+    cap = workers  # the caller's own limit, for a remote executor
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
-    if workers > 1 and len(todo) > 1:
-        todo = _for_workers(todo, method)
+    if remote is not None or (workers > 1 and len(todo) > 1):
+        todo = _for_workers(todo, "spawn" if remote else method)  # Ray's workers start afresh, as spawned ones
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -553,7 +604,9 @@ def run_all(specs: Sequence[RunSpec], path: str, workers: int | None = None, pro
 
     pool = None
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if remote is not None:  # paths as workers elsewhere see them
+            remote.run(run_one, todo, (checkpoint_dir and os.path.abspath(checkpoint_dir),), keep, cap)
+        elif workers <= 1 or len(todo) <= 1:
             for s in todo:
                 keep(run_one(s, checkpoint_dir))
         else:
