@@ -75,6 +75,31 @@ def add_task_argument(p: argparse.ArgumentParser) -> None:
                         "a function returning optimlab.lab.Task.from_data(...)")
 
 
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--ray-address``: where the runs execute."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine (default); ray: each run a Ray task, on a local Ray "
+                        "instance or the cluster of --ray-address (pip install 'optimlab[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --executor ray: the cluster to run on, as ray.init(address=ADDR) takes it (auto, "
+                        "HOST:6379, ray://HOST:10001); default $RAY_ADDRESS, else a new local Ray instance")
+
+
+def executor_from_args(args):
+    """The executor ``--executor``/``--ray-address`` ask for (``None``: the local pool); a
+    ``ValueError`` for an address without ``--executor ray`` or Ray not installed."""
+    if args.ray_address is not None and args.executor != "ray":
+        raise ValueError(f"--ray-address {args.ray_address} needs --executor ray")
+    if args.executor != "ray":
+        return None
+    from ..lab.executors import RayExecutor
+
+    try:
+        return RayExecutor(args.ray_address)
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+
+
 def help_texts(doc: str) -> dict:
     """``description`` and ``epilog`` (the examples) for ``add_parser`` from a subcommand
     module's docstring: its first paragraph without reST markup, and its indented lines."""

@@ -13,7 +13,8 @@ import json
 import os
 import sys
 
-from ._common import add_task_argument, fail, fraction, help_texts, positive_float, positive_int, writable_dir
+from ._common import (add_executor_arguments, add_task_argument, executor_from_args, fail, fraction, help_texts,
+                      positive_float, positive_int, writable_dir)
 
 
 def add_parser(sub) -> None:
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
                    help="'good': the loss fell by at least this fraction of the best run's drop (default 0.9)")
     p.add_argument("--out", default="runs/lr-sweep", metavar="DIR", help="output folder (default runs/lr-sweep)")
     p.add_argument("--workers", type=positive_int, metavar="N", help="parallel runs (default: number of cores)")
+    add_executor_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print best_lr, regions and the grid as JSON on stdout (progress still goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,6 +81,7 @@ def run(args) -> int:
             if "lr" in check_optimizer(text, args.task, without_lr=True)[1]:
                 raise ValueError(f"the sweep sets the learning rate: drop lr= from {text!r}")
         resolve_start_method()  # a bad $OPTIMLAB_START_METHOD
+        executor = executor_from_args(args)  # --ray-address without --executor ray; Ray not installed
         writable_dir(args.out)
     except (KeyError, ValueError) as e:
         return fail("lr-sweep", e)
@@ -86,8 +89,8 @@ def run(args) -> int:
     try:
         result = lr_sweep(args.task, optimizers, lrs, per_decade=args.per_decade, lo=args.lo,
                           hi=args.hi, epochs=args.epochs, seeds=args.seeds, batch_size=batch, workers=args.workers,
-                          path=records, good=args.good, progress=not args.quiet)
-    except (KeyError, ValueError) as e:
+                          path=records, good=args.good, progress=not args.quiet, executor=executor)
+    except (KeyError, ValueError, ConnectionError) as e:
         return fail("lr-sweep", e)
     except Interrupted as e:
         print(f"\ninterrupted: {e.saved}/{e.total} runs saved in {args.out}; run the same command again to finish",

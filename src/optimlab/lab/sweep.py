@@ -220,11 +220,12 @@ def lr_sweep(task: str | Task, optimizers: Sequence[str], lrs: Sequence[float] |
              lo: float = 1e-5, hi: float = 1e2, epochs: int | None = None, seeds: int = 1,
              batch_size: int | None | str = "task", workers: int | None = None,
              path: str = os.path.join("runs", "lr-sweep", "records.jsonl"), good: float = 0.9,
-             progress: bool = False) -> SweepResult:
+             progress: bool = False, executor=None) -> SweepResult:
     """Train every optimizer at every learning rate of ``lrs`` (default :func:`log_grid` of
     ``lo``..``hi`` with ``per_decade``) for ``epochs`` (default: a quarter of the task's budget)
     over ``seeds``; runs are recorded in ``path`` and skipped when already there. ``task``: a
-    name, a ``"module:function"`` reference or a :class:`Task`."""
+    name, a ``"module:function"`` reference or a :class:`Task`. ``executor``: where the runs
+    execute, as for :func:`run_all` (``"ray"``: on Ray)."""
     t = get_task(task)
     lrs = sorted(lrs) if lrs is not None else log_grid(lo, hi, per_decade)
     epochs = epochs or max(1, t.epochs // 4)
@@ -234,7 +235,8 @@ def lr_sweep(task: str | Task, optimizers: Sequence[str], lrs: Sequence[float] |
         if "lr" in hyper:
             raise ValueError(f"the sweep sets the learning rate: drop lr= from {text!r}")
         specs_by_opt[text] = grid([task], [text], seeds=seeds, lrs=lrs, epochs=epochs, batch_size=batch_size)
-    records = run_all([s for ss in specs_by_opt.values() for s in ss], path, workers=workers, progress=progress)
+    records = run_all([s for ss in specs_by_opt.values() for s in ss], path, workers=workers, progress=progress,
+                      executor=executor)
     by_key = {r["key"]: r for r in records}
     budget = epochs * steps_per_epoch(len(t.data(0).train[0]), _batch_size(t, batch_size))
     initial = statistics.median(_initial_loss(t, s) for s in range(seeds))
