@@ -19,6 +19,7 @@ computes its part; these helpers add the parts up across the ranks that hold the
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,28 @@ def like(x: Tensor, t: Tensor) -> Tensor:
     mesh = t.device_mesh
     whole = DTensor.from_local(x, mesh, [Replicate()] * mesh.ndim, run_check=False)
     return whole.redistribute(mesh, t.placements)
+
+
+def map_whole(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
+    """``[fn(whole x), sharded as x]`` for every tensor: ``fn`` maps a whole tensor to one of the
+    same shape and dtype (Muon's orthogonalisation). DTensors sharded over a 1-D mesh (FSDP2)
+    share the work out: each is gathered, ``fn`` runs on one rank of the mesh (round robin) and
+    the result is broadcast, so ``n`` matrices cost ``n / world`` evaluations per rank instead
+    of ``n``, with the numbers of one process. Other tensors: ``fn`` where they are."""
+    wholes = [full(x) for x in xs]
+    out, pending = [], []
+    for i, (x, w) in enumerate(zip(xs, wholes)):
+        if not is_dtensor(x) or x.device_mesh.ndim != 1:
+            out.append(fn(w))
+            continue
+        owner = i % x.device_mesh.size()
+        y = fn(w).contiguous() if x.device_mesh.get_local_rank() == owner else torch.empty_like(w)
+        pending.append(torch.distributed.broadcast(y, group=x.device_mesh.get_group(0), group_src=owner,
+                                                   async_op=True))
+        out.append(y)
+    for work in pending:
+        work.wait()
+    return [like(y, x) for y, x in zip(out, xs)]
 
 
 def _groups(t: Tensor, process_group) -> tuple:

@@ -10,6 +10,7 @@ Run by hand (both ranks in one command, results printed)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -199,6 +200,24 @@ def _resume(spec, net, opt, rank, tmp, name):
     return new_net, new_wrapped, new_opt
 
 
+@contextlib.contextmanager
+def _counting_orthogonalisations():
+    """Count this rank's Newton-Schulz evaluations (Muon's work, shared out under FSDP2)."""
+    from optimlab.transforms import orthogonal
+
+    calls, original = [0], orthogonal.newton_schulz
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    orthogonal.newton_schulz = counted
+    try:
+        yield calls
+    finally:
+        orthogonal.newton_schulz = original
+
+
 def worker(rank: int, port: int, names: list[str], out: str) -> None:
     """One rank: every scenario in turn; ``{name: params or error text}`` saved to ``out``."""
     torch.set_num_threads(1)
@@ -211,7 +230,9 @@ def worker(rank: int, port: int, names: list[str], out: str) -> None:
         dist.broadcast_object_list(shared, src=0)
         for name in names:
             try:
-                results[name] = run(name, rank, shared[0])
+                with _counting_orthogonalisations() as calls:
+                    results[name] = run(name, rank, shared[0])
+                results[f"{name}:newton_schulz_calls"] = calls[0]
             except Exception:  # reported by the test of that scenario
                 results[name] = traceback.format_exc()
             dist.barrier()

@@ -45,6 +45,13 @@ def test_matches_one_process(ranks, name):
     assert (ref - scenarios._flat(scenarios.model())).abs().max() > 1e-3  # it did train
 
 
+def test_fsdp_muon_shares_out_the_orthogonalisations(ranks):
+    """Under FSDP2 each matrix is orthogonalised on one rank (round robin) and broadcast."""
+    calls = [r.get("fsdp-muon:newton_schulz_calls") for r in ranks]
+    matrices = 3
+    assert sum(calls) == matrices * scenarios.STEPS and max(calls) < matrices * scenarios.STEPS, calls
+
+
 def test_constructor_options_in_a_group():
     """ZeRO passes every keyword on as a group default: equal to the optimizer's own they are
     dropped, different they are refused (they are not per group)."""

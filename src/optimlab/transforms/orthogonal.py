@@ -119,11 +119,11 @@ class orthogonalize(Transform):
         return {"a": a, "b": b, "c": c, "eps": group[self.eps_key]}
 
     def update(self, u, s):
-        new = []
-        for g in u.updates:
-            # a shard (FSDP2's DTensor) is orthogonalised whole: gathered, then re-sharded
-            o = newton_schulz(_dist.full(g), self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"]).to(g.dtype)
+        def whole(g):
+            o = newton_schulz(g, self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"]).to(g.dtype)
             ratio = _lr_ratio(self.adjust_lr_fn, g.shape)
-            new.append(_dist.like(o if ratio == 1.0 else o.mul_(ratio), g))
-        u.replace(new)
+            return o if ratio == 1.0 else o.mul_(ratio)
+
+        # shards (FSDP2's DTensors) are orthogonalised whole, each on one rank (see map_whole)
+        u.replace(_dist.map_whole(whole, u.updates))
         u._owned = True
