@@ -150,7 +150,9 @@ def test_compare_cli_end_to_end(tmp_path, capsys):
     assert set(opts) == {"sgd:lr=0.1,momentum=0.9", "adam:lr=1e-3"}
     for o in opts.values():
         assert o["seeds"] == 2 and 0.5 < o["final_test_metric"] <= 1.0 and o["diverged"] == 0
-    assert summary["tasks"]["digits-mlp"]["verdict"]
+        assert o["protocol"] == "one-shot" and o["test_metric_ci"][0] <= o["final_test_metric"] <= o["test_metric_ci"][1]
+        assert o["generalization_gap"] == pytest.approx(o["final_val_loss"] - o["final_train_eval_loss"])
+    assert summary["tasks"]["digits-mlp"]["verdict"] == summary["tasks"]["digits-mlp"]["verdicts"]["one-shot"]["verdict"]
     html = open(summary["report"]).read()
     assert "<table>" in html and "sgd:lr=0.1,momentum=0.9" in html and "data:image/png;base64," in html
     pngs = {p for p in os.listdir(out) if p.endswith(".png")}

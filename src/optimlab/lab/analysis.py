@@ -507,22 +507,25 @@ def sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
     for (task, base, key), rs in groups.items():
         rs.sort(key=lambda r: r["sweep_value"])
         pct = _is_pct(rs[0])
-        cells = [f"{key}={r['sweep_value']:g}: test {_fmt(r['test_metric_at_best_val'] if r['test_metric_at_best_val'] is not None else r['test_metric'], pct)}, "
-                 f"gap {_fmt(r['generalization_gap'], digits=3)}"
-                 + (f" [{_fmt(r['generalization_gap_ci'][0], digits=3)}, {_fmt(r['generalization_gap_ci'][1], digits=3)}]"
-                    if r["generalization_gap_ci"] else "") for r in rs]
+        def cell(r):
+            test = r["test_metric_at_best_val"] if r["test_metric_at_best_val"] is not None else r["test_metric"]
+            ci = r["generalization_gap_ci"]
+            ci = f" [{_fmt(ci[0], digits=3)}, {_fmt(ci[1], digits=3)}]" if ci else ""
+            return f"{key}={r['sweep_value']:g}: test {_fmt(test, pct)}, gap {_fmt(r['generalization_gap'], digits=3)}{ci}"
+
+        cells = [cell(r) for r in rs]
         lo = {s["seed"]: s["gap"] for s in rs[0]["per_seed"] if s["gap"] is not None}
         hi = {s["seed"]: s["gap"] for s in rs[-1]["per_seed"] if s["gap"] is not None}
         seeds = _pairing(hi, lo)
         d = (stats.mean_difference([hi[k] for k in seeds], [lo[k] for k in seeds], paired=True) if seeds is not None
              else stats.mean_difference(list(hi.values()), list(lo.values())))
+        span = f"from {key}={rs[0]['sweep_value']:g} to {rs[-1]['sweep_value']:g}"
         if d.kind in ("too_few", "deterministic"):
             trend = "too few seeds to tell whether the gap changes"
         elif d.significant:
-            trend = (f"the gap {'closes' if d.diff < 0 else 'widens'} by {abs(d.diff):.3g} from {key}="
-                     f"{rs[0]['sweep_value']:g} to {rs[-1]['sweep_value']:g} ({_p(d.p)})")
+            trend = f"the gap {'closes' if d.diff < 0 else 'widens'} by {abs(d.diff):.3g} {span} ({_p(d.p)})"
         else:
-            trend = f"no significant change in the gap from {key}={rs[0]['sweep_value']:g} to {rs[-1]['sweep_value']:g} ({_p(d.p)})"
+            trend = f"no significant change in the gap {span} ({_p(d.p)})"
         out.append(f"{task} {base}: " + "; ".join(cells) + f" — {trend}.")
     return out
 
