@@ -86,7 +86,7 @@ def test_ray_records_match_the_local_pool_and_resume_skips_recorded_runs(cluster
     monkeypatch.setattr(RayExecutor, "run", lambda self, fn, items, *a: (sent.extend(items), run(self, fn, items, *a)))
     records = run_all(specs, str(path), executor="ray")
 
-    assert sorted(s.key for s in sent) == sorted(s.key for i, s in enumerate(specs) if i % 2)  # the missing ones, on Ray
+    assert sorted(s.key for s in sent) == sorted(s.key for i, s in enumerate(specs) if i % 2)  # missing ones, on Ray
 
     assert [r["key"] for r in records] == [s.key for s in specs]
     assert len(load_records(str(path))) == len(specs)  # only the missing runs were appended
@@ -94,7 +94,9 @@ def test_ray_records_match_the_local_pool_and_resume_skips_recorded_runs(cluster
         assert ("marker" in mine) == (i % 2 == 0)
         assert _deterministic(mine) == _deterministic(dict(ref, **({"marker": i} if i % 2 == 0 else {})))
     assert {r["task"] for r in records} == {"breast-cancer-logreg", "ray-blobs"}
+    sent.clear()
     assert run_all(specs, str(path), executor=RayExecutor()) == records  # nothing left: nothing runs
+    assert sent == []
 
 
 def test_an_interrupt_cancels_the_running_tasks(cluster):

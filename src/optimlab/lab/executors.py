@@ -42,11 +42,12 @@ class RayExecutor:
     streamed back in the order they finish.
 
     ``address``: the cluster to connect to (``ray.init(address=...)``: ``"auto"``,
-    ``"HOST:6379"``, or ``"ray://HOST:10001"`` with ``pip install 'ray[client]'``); ``None`` uses the connection this process already
-    has, else ``ray.init()``'s default. Ray stays initialised afterwards, so later calls do not
-    pay its start-up again. Every node must have optimlab (and the modules of any
-    ``module:function`` task) installed; paths given to the runs (``checkpoint_dir``) must be
-    writable on every node -- a shared filesystem on a multi-node cluster."""
+    ``"HOST:6379"``, or ``"ray://HOST:10001"`` with ``pip install 'ray[client]'``); ``None``
+    uses the connection this process already has, else ``ray.init()``'s default. Ray stays
+    initialised afterwards, so later calls do not pay its start-up again. Every node must have
+    optimlab (and the modules of any ``module:function`` task) installed; paths given to the runs
+    (``checkpoint_dir``) must be writable on every node -- a shared filesystem lets an
+    interrupted run continue on any node."""
 
     def __init__(self, address: str | None = None, *, cpus_per_run: float = 1):
         if importlib.util.find_spec("ray") is None:  # before any run, without importing it
@@ -84,6 +85,8 @@ class RayExecutor:
         Ctrl-C included, cancels the tasks still running before it propagates."""
         if workers is not None and workers < 1:
             raise ValueError(f"workers={workers!r}: give at least 1, or None for as many as the cluster takes")
+        if not items:  # all recorded already: no need to start or reach a cluster
+            return
         ray = self._connect()
         task = ray.remote(_call).options(num_cpus=self.cpus_per_run)
         threads = max(1, int(self.cpus_per_run))
