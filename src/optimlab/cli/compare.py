@@ -53,9 +53,9 @@ def add_parser(sub) -> None:
                    help="tuning trials per optimizer: quasi-random points of its search space (`optimlab optimizers "
                         "--json` shows them), chosen on validation (default 8; 0: no tuning, the optimizers as given)")
     p.add_argument("--tune", default="lr", metavar="DIMS",
-                   help=f"what the trials search, comma-separated, from {', '.join(DIMENSIONS)} (momentum is beta1 "
-                        "for Adam-like optimizers; schedule: constant or warmup + cosine); 'all' for every one "
-                        "(default lr)")
+                   help=f"what the trials search, comma-separated, from {', '.join(DIMENSIONS)} (lr always; "
+                        "momentum is beta1 for Adam-like optimizers; schedule: constant or warmup + cosine); 'all' "
+                        "for every one (default lr)")
     p.add_argument("--tuning-seeds", type=positive_int, default=1, metavar="N",
                    help="seeds per tuning trial (1000, 1001, ...: never an evaluation seed; default 1)")
     p.add_argument("--sweep", metavar="OPTION=V1,V2,...",
@@ -201,6 +201,7 @@ def _with_notes(table: str, rows, notes) -> tuple[str, list[str]]:
 def run(args) -> int:
     from ..lab.runner import check_optimizer, resolve_start_method
     from ..lab.tasks import get_task
+    from ..lab.tuning import trial_configs
 
     tasks = list(dict.fromkeys(args.task or [DEFAULT_TASK]))
     batch = None if args.full_batch else (args.batch_size if args.batch_size is not None else "task")
@@ -217,6 +218,8 @@ def run(args) -> int:
         for t in tasks:
             for text in optimizers:
                 check_optimizer(text, t)
+                if protocol.trials:
+                    trial_configs(text, protocol)  # something to search
                 for v in (protocol.sweep[1] if protocol.sweep else ()):
                     check_optimizer(f"{text}{',' if ':' in text else ':'}{protocol.sweep[0]}={v!r}", t)
         resolve_start_method()  # a bad $OPTIMLAB_START_METHOD

@@ -51,8 +51,9 @@ _SCHEDULE = Dim(choices=SCHEDULES)
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """The budget every optimizer gets. ``trials=0``: no tuning (one-shot rows only).
-    ``sweep``: ``(option, values)`` for the regularization sweep."""
+    """The budget every optimizer gets. ``trials=0``: no tuning (one-shot rows only). ``tune``:
+    the dimensions searched (see :data:`DIMENSIONS`); ``lr`` always is. ``sweep``:
+    ``(option, values)`` for the regularization sweep."""
 
     trials: int = 8
     tune: tuple[str, ...] = ("lr",)
@@ -68,8 +69,10 @@ class Protocol:
             if not isinstance(v, int) or v < (0 if name == "trials" else 1):
                 raise ValueError(f"Invalid {name}: {v!r} (a whole number, at least {0 if name == 'trials' else 1})")
         bad = [d for d in self.tune if d not in DIMENSIONS]
-        if bad or not self.tune:
-            raise ValueError(f"Invalid tune: {', '.join(bad) or 'nothing'} (choose from {', '.join(DIMENSIONS)})")
+        if bad:
+            raise ValueError(f"Invalid tune: {', '.join(bad)} (choose from {', '.join(DIMENSIONS)})")
+        if "lr" not in self.tune:  # the learning rate is always searched
+            object.__setattr__(self, "tune", ("lr", *self.tune))
         if self.sweep is not None and self.sweep[0] in self.tune:
             raise ValueError(f"{self.sweep[0]} is both tuned and swept: sweep it, or tune it, not both")
         if not self.one_shot and not self.trials:
@@ -134,6 +137,9 @@ def trial_configs(text: str, protocol: Protocol) -> list[tuple[dict[str, Any], s
     defaults = registry._spec(name).defaults
     space = search_space(text, protocol.tune)
     dims = sorted(space, key=DIMENSIONS.index)
+    if not dims:
+        raise ValueError(f"{text}: nothing to tune ({name} has none of {', '.join(protocol.tune)}); "
+                         "use --trials 0 for it as given")
     points = qmc.Halton(d=max(len(dims), 1), scramble=True, seed=protocol.sample_seed).random(protocol.trials)
     out = []
     for u in points:
