@@ -125,10 +125,11 @@ def _judge(a, b, gap_a=None, gap_b=None, phase="tuned", trials=(8, 8)):
 def test_with_no_true_difference_the_default_seeds_name_a_winner_at_most_5_percent_of_the_time():
     """Five evaluation seeds a side (the default), seed-to-seed noise only: the share of
     "better"/"worse" verdicts on the test metric -- and of "smaller"/"larger" on the gap -- is
-    the tests' 5 % level (exactly, for normal noise). 2000 trials: the estimate's standard
-    error is 0.49 points, and the bound allows two of them for the simulation's own noise."""
+    the tests' 5 % level (exactly, for normal noise). 8000 trials: the estimate's standard
+    error is 0.24 points, and the bounds allow three of them for the simulation's own noise
+    (a rate inflated to 6 % or more fails)."""
     rng = np.random.default_rng(2024)
-    trials, named, gaps = 2000, 0, 0
+    trials, named, gaps = 8000, 0, 0
     for _ in range(trials):
         a, b = rng.normal(0.9, 0.01, 5), rng.normal(0.9, 0.01, 5)
         ga, gb = rng.normal(0.2, 0.05, 5), rng.normal(0.2, 0.05, 5)
@@ -136,8 +137,8 @@ def test_with_no_true_difference_the_default_seeds_name_a_winner_at_most_5_perce
         named += v["generalizes_better"] is not None
         gaps += v["gap_status"] in ("smaller", "larger")
     se = math.sqrt(0.05 * 0.95 / trials)
-    assert 0.05 - 3 * se <= named / trials <= 0.05 + 2 * se, named / trials  # a level-5% test: not much fewer either
-    assert gaps / trials <= 0.05 + 2 * se, gaps / trials
+    assert 0.05 - 3 * se <= named / trials <= 0.05 + 3 * se, named / trials  # a level-5% test: not much fewer either
+    assert gaps / trials <= 0.05 + 3 * se, gaps / trials
 
 
 def test_generalization_names_both_criteria_and_keeps_them_apart():
