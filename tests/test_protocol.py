@@ -164,6 +164,23 @@ def test_intervals_are_t_intervals_not_clipped_to_the_metric_range():
     assert (iv.lo, iv.hi) == (pytest.approx(lo), pytest.approx(hi)) and iv.hi > 1.0
 
 
+def test_the_sweep_says_whether_the_gap_closes():
+    recs = []
+    for v, gap in ((0.0, 0.40), (1e-3, 0.30), (1e-2, 0.10)):
+        for s, jitter in enumerate((0.00, 0.01, -0.01, 0.02)):
+            recs.append(_rec(f"adam wd={v}", s, 0.9, 0.9, phase="sweep", sweep_key="weight_decay", sweep_value=v,
+                             final_val_loss=0.1 + gap + jitter))
+    (trend,) = analysis.sweep_trends(analysis.summarize(recs))
+    assert trend["status"] == "closes" and trend["gap_change"].kind == "paired"
+    assert trend["gap_change"].diff == pytest.approx(-0.30)
+    assert [r["sweep_value"] for r in trend["rows"]] == [0.0, 1e-3, 1e-2]
+    (line,) = analysis.sweep_lines(analysis.summarize(recs))
+    assert "the gap closes by 0.3 from weight_decay=0 to 0.01" in line
+    # the same gaps at every value: no change
+    flat = [dict(r, final_val_loss=0.5 + 0.01 * r["seed"]) for r in recs]
+    assert analysis.sweep_trends(analysis.summarize(flat))[0]["status"] == "no_difference"
+
+
 def test_sweep_values_are_checked():
     assert parse_sweep("weight_decay=0,1e-4,1e-2") == ("weight_decay", (0.0, 1e-4, 1e-2))
     for bad, msg in (("weight_decay", "not option=v1,v2"), ("wd=0,abc", "'abc' is not a number"),

@@ -16,6 +16,7 @@ versions and hardware) in a folder of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -104,7 +105,7 @@ def _protocol(args):
 def summary_json(rows, verdicts, report: str, records_path: str, notes=None, out: str | None = None) -> dict:
     """What ``--json`` prints: per task the verdict of each protocol (tuned first), and per row
     (one-shot, tuned, sweep) the numbers with their 95% intervals and the generalization gap."""
-    from ..lab.analysis import sweep_lines, tuning_lines
+    from ..lab.analysis import sweep_lines, sweep_trends, tuning_lines
 
     out_: dict = {"out": out, "report": report, "records": records_path,
                   "run": os.path.join(out, "run.json") if out else None, "tasks": {}}
@@ -132,6 +133,13 @@ def summary_json(rows, verdicts, report: str, records_path: str, notes=None, out
     for task, t in out_["tasks"].items():
         mine = [r for r in rows if r["task"] == task]
         t["tuning"], t["sweep"] = tuning_lines(mine), sweep_lines(mine)
+        t["sweep_trends"] = [
+            {"optimizer": tr["base"], "option": tr["key"], "gap": tr["status"],
+             "gap_change": dataclasses.asdict(tr["gap_change"]),
+             "values": [{"value": r["sweep_value"], "test_metric_at_best_val": r["test_metric_at_best_val"],
+                         "test_metric": r["test_metric"], "generalization_gap": r["generalization_gap"],
+                         "generalization_gap_ci": r["generalization_gap_ci"]} for r in tr["rows"]]}
+            for tr in sweep_trends(mine)]
     return out_
 
 

@@ -56,7 +56,8 @@ from typing import Any
 
 from . import stats
 
-__all__ = ["summarize", "select", "compare", "verdict", "format_table", "table_order", "tuning_lines", "sweep_lines"]
+__all__ = ["summarize", "select", "compare", "verdict", "format_table", "table_order", "tuning_lines", "sweep_trends",
+           "sweep_lines"]
 
 ADAM = "adam"
 SGD = "sgd"
@@ -494,39 +495,54 @@ def tuning_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"validation" for r in rows if r.get("phase") == "tuned"]
 
 
-def sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The regularization sweep per optimizer: each value's test metric and generalization gap
-    (validation − training loss at the end) with 95% intervals, and whether the gap closed
-    (the largest value's gap against the smallest value's: a paired t-test over the shared
-    seeds, Welch's otherwise)."""
-    out = []
+def sweep_trends(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The regularization sweep per (task, optimizer string, option): its rows in value order
+    and whether the gap (validation − training loss at the end) changed from the smallest
+    value to the largest -- ``gap_change``, a :class:`stats.Difference` (a paired t-test over
+    the shared seeds, Welch's otherwise), and ``status`` closes / widens / no_difference /
+    too_few / deterministic."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in rows:
         if r.get("phase") == "sweep":
             groups[(r["task"], r.get("base"), r["sweep_key"])].append(r)
+    out = []
     for (task, base, key), rs in groups.items():
-        rs.sort(key=lambda r: r["sweep_value"])
+        rs = sorted(rs, key=lambda r: r["sweep_value"])
+        lo = {s["seed"]: s["gap"] for s in rs[0]["per_seed"] if s["gap"] is not None}
+        hi = {s["seed"]: s["gap"] for s in rs[-1]["per_seed"] if s["gap"] is not None}
+        seeds = _pairing(hi, lo)
+        d = (stats.mean_difference([hi[k] for k in seeds], [lo[k] for k in seeds], paired=True) if seeds is not None
+             else stats.mean_difference(list(hi.values()), list(lo.values())))
+        if d.kind in ("too_few", "deterministic"):
+            status = d.kind
+        else:
+            status = ("closes" if d.diff < 0 else "widens") if d.significant else "no_difference"
+        out.append({"task": task, "base": base, "key": key, "rows": rs, "gap_change": d, "status": status})
+    return out
+
+
+def sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per :func:`sweep_trends` entry: each value's test metric (at the
+    best-validation checkpoint when recorded) and gap with its 95% interval, then the trend."""
+    out = []
+    for t in sweep_trends(rows):
+        rs, key, d = t["rows"], t["key"], t["gap_change"]
         pct = _is_pct(rs[0])
+
         def cell(r):
             test = r["test_metric_at_best_val"] if r["test_metric_at_best_val"] is not None else r["test_metric"]
             ci = r["generalization_gap_ci"]
             ci = f" [{_fmt(ci[0], digits=3)}, {_fmt(ci[1], digits=3)}]" if ci else ""
             return f"{key}={r['sweep_value']:g}: test {_fmt(test, pct)}, gap {_fmt(r['generalization_gap'], digits=3)}{ci}"
 
-        cells = [cell(r) for r in rs]
-        lo = {s["seed"]: s["gap"] for s in rs[0]["per_seed"] if s["gap"] is not None}
-        hi = {s["seed"]: s["gap"] for s in rs[-1]["per_seed"] if s["gap"] is not None}
-        seeds = _pairing(hi, lo)
-        d = (stats.mean_difference([hi[k] for k in seeds], [lo[k] for k in seeds], paired=True) if seeds is not None
-             else stats.mean_difference(list(hi.values()), list(lo.values())))
         span = f"from {key}={rs[0]['sweep_value']:g} to {rs[-1]['sweep_value']:g}"
-        if d.kind in ("too_few", "deterministic"):
-            trend = "too few seeds to tell whether the gap changes"
-        elif d.significant:
-            trend = f"the gap {'closes' if d.diff < 0 else 'widens'} by {abs(d.diff):.3g} {span} ({_p(d.p)})"
-        else:
+        if t["status"] in ("too_few", "deterministic"):
+            trend = "too few independent seeds to tell whether the gap changes"
+        elif t["status"] == "no_difference":
             trend = f"no significant change in the gap {span} ({_p(d.p)})"
-        out.append(f"{task} {base}: " + "; ".join(cells) + f" — {trend}.")
+        else:
+            trend = f"the gap {t['status']} by {abs(d.diff):.3g} {span} ({_p(d.p)})"
+        out.append(f"{t['task']} {t['base']}: " + "; ".join(cell(r) for r in rs) + f" — {trend}.")
     return out
 
 
