@@ -40,7 +40,7 @@ def test_matches_one_process(ranks, name):
     for r, g in enumerate(got):
         assert isinstance(g, torch.Tensor), f"rank {r}:\n{g}"
     assert torch.equal(got[0], got[1]), f"ranks differ by {(got[0] - got[1]).abs().max():.3g}"
-    ref = scenarios.reference(name)
+    ref = scenarios.reference(name, halves=scenarios.SCENARIOS[name].get("halves", False))
     torch.testing.assert_close(got[0], ref, **(MUON_TOL if scenarios.SCENARIOS[name]["opt"] == "Muon" else TOL))
     assert (ref - scenarios._flat(scenarios.model())).abs().max() > 1e-3  # it did train
 
@@ -50,6 +50,12 @@ def test_fsdp_muon_shares_out_the_orthogonalisations(ranks):
     calls = [r.get("fsdp-muon:newton_schulz_calls") for r in ranks]
     matrices = 3
     assert sum(calls) == matrices * scenarios.STEPS and max(calls) < matrices * scenarios.STEPS, calls
+
+
+@pytest.mark.parametrize("what", ["Shampoo", "SOAP"])
+def test_fsdp_shampoo_and_soap_are_refused_clearly(ranks, what):
+    for r in ranks:
+        assert "does not support sharded (DTensor, FSDP2) parameters" in r.get(f"fsdp-{what}:refused", "")
 
 
 def test_constructor_options_in_a_group():
