@@ -39,7 +39,7 @@ on 2-D test functions. Nothing is downloaded: the data ships with scikit-learn o
 
 EPILOG = """\
 examples:
-  optimlab compare                                  # SGD, momentum, RMSprop, Adam on digits-cnn, 3 seeds
+  optimlab compare                                  # SGD+momentum vs Adam on digits-cnn: one-shot and tuned, 5 seeds
   optimlab compare --task mnist1d-mlp --optimizers 'sgd:lr=0.1,momentum=0.9,adam:lr=1e-2,betas=(0.9,0.99)'
   optimlab lr-find --task digits-mlp --optimizer adam
   optimlab tasks; optimlab optimizers               # what can be compared
