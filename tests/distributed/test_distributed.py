@@ -52,12 +52,6 @@ def test_fsdp_muon_shares_out_the_orthogonalisations(ranks):
     assert sum(calls) == matrices * scenarios.STEPS and max(calls) < matrices * scenarios.STEPS, calls
 
 
-@pytest.mark.parametrize("what", ["Shampoo", "SOAP"])
-def test_fsdp_shampoo_and_soap_are_refused_clearly(ranks, what):
-    for r in ranks:
-        assert "does not support sharded (DTensor, FSDP2) parameters" in r.get(f"fsdp-{what}:refused", "")
-
-
 def test_constructor_options_in_a_group():
     """ZeRO passes every keyword on as a group default: equal to the optimizer's own they are
     dropped, different they are refused (they are not per group)."""
