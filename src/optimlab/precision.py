@@ -343,11 +343,18 @@ def is_aux(key: Any) -> bool:
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of tensor state an optimizer holds (every tensor in ``opt.state``, step counts included)."""
-    seen, total = set(), 0
+    """Bytes of tensor state an optimizer holds (every tensor in ``opt.state``, step counts
+    included; a tensor subclass -- torchao's quantized state -- counted by its inner tensors)."""
+    total = 0
     for st in opt.state.values():
         for v in st.values() if isinstance(st, dict) else ():
-            if isinstance(v, Tensor) and v.data_ptr() not in seen:
-                seen.add(v.data_ptr())
-                total += v.numel() * v.element_size()
+            total += _nbytes(v)
     return total
+
+
+def _nbytes(v: Any) -> int:
+    if not isinstance(v, Tensor):
+        return 0
+    if type(v) is not Tensor and hasattr(v, "__tensor_flatten__"):
+        return sum(_nbytes(getattr(v, name)) for name in v.__tensor_flatten__()[0])
+    return v.numel() * v.element_size()
