@@ -227,3 +227,24 @@ def test_tune_and_evaluate_runs_every_phase_and_the_verdict_judges_each(tmp_path
 class _Linear(torch.nn.Linear):
     def __init__(self):
         super().__init__(2, 2)
+
+
+def test_the_test_set_is_read_once_at_the_best_validation_checkpoint():
+    """No test number during training; the one recorded is that of the weights at the best
+    validation point -- the same as training again, deterministically, up to that step."""
+    from optimlab.lab import RunSpec, Task, run_one
+    from optimlab.train import evaluate
+
+    x, y = _blobs(240, seed=5)
+    task = Task.from_data("blobs", model=_Linear, loss=torch.nn.functional.cross_entropy, metric="accuracy",
+                          train=(x[:160], y[:160]), val=(x[160:200], y[160:200]), test=(x[200:], y[200:]), epochs=3,
+                          batch_size=16)
+    rec = run_one(RunSpec(task, "sgd", (("lr", 5.0),), seed=2))  # a large rate: the best validation comes early
+    assert all("test_metric" not in e and "test_loss" not in e for e in rec["epochs_log"])
+    best = max(rec["epochs_log"], key=lambda e: (e["val_metric"], -e["step"]))  # the first best
+    assert best["step"] < rec["steps"] and rec["test_metric_at_best_val"] != rec["test_metric"]  # not the end
+    data = task.data(2)
+    model = task.model(2)
+    fit(model, SGD(model.parameters(), lr=5.0), torch.nn.functional.cross_entropy, data.train, epochs=3,
+        batch_size=16, seed=2, max_steps=best["step"])
+    assert rec["test_metric_at_best_val"] == evaluate(model, torch.nn.functional.cross_entropy, data.test, accuracy)[1]

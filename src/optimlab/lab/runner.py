@@ -285,10 +285,11 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
         spe = steps_per_epoch(len(data.train[0]), bs)
         # test functions take one-step epochs and have no data: each epoch is already each step
         finer = task.kind != "function" and spe > 1
+        best_val = _BestValidation(task, model, opt)
         res = fit(model, opt, loss_fn, data.train, val=data.val, metric=task.metric,
                   higher_is_better=task.higher_is_better, epochs=epochs, batch_size=bs, seed=spec.seed,
                   target=task.target, checkpoint=ckpt, resume=ckpt is not None,
-                  on_epoch=_test_at_improvement(task, model, opt, loss_fn, data),
+                  on_epoch=best_val,
                   scheduler=_scheduler(spec.schedule, opt, epochs * spe),
                   eval_every=max(1, spe // EVALS_PER_EPOCH) if finer else None,
                   train_eval=None if task.kind == "function" else _train_part(data, spec.seed),
@@ -310,7 +311,7 @@ def run_one(spec: RunSpec, checkpoint_dir: str | None = None) -> dict[str, Any]:
             best_val_metric=res.best("val_metric", task.higher_is_better),
             final_train_eval_loss=None if res.diverged else train_eval_loss,
             final_train_eval_metric=None if res.diverged else train_eval_metric,
-            test_metric_at_best_val=None if res.diverged else _at_best_val(res.epoch_records, task),
+            test_metric_at_best_val=None if res.diverged else best_val.test_metric(res, spec.seed, data),
             test_loss=None if res.diverged else test_loss, test_metric=None if res.diverged else test_metric,
             target=task.target, metric=task.metric_name, higher_is_better=task.higher_is_better,
             steps_to_target=res.steps_to_target, seconds_to_target=res.seconds_to_target,
@@ -373,36 +374,38 @@ def _val_key(task) -> tuple[str, bool]:
     return ("val_metric", task.higher_is_better) if task.metric is not None else ("val_loss", False)
 
 
-def _test_at_improvement(task, model, opt, loss_fn, data):
-    """An ``on_epoch`` hook for :func:`fit`: each epoch that improves the validation result also
-    reads the test metric (into the epoch's record), so the test result at the best-validation
-    checkpoint is known without keeping a copy of the model. Selection never looks at it."""
-    key, hib = _val_key(task)
-    best: list[float] = []
+class _BestValidation:
+    """An ``on_epoch`` hook for :func:`fit` that keeps a copy of the weights at the best
+    validation result (a schedule-free optimizer's evaluation weights), so that the test set is
+    read once, after training, at that checkpoint -- never during training, and never to choose."""
 
-    def hook(record: dict) -> None:
-        m = record.get(key)
-        if m is None or not math.isfinite(m) or (best and not (m > best[0] if hib else m < best[0])):
+    def __init__(self, task, model, opt):
+        self.task, self.model, self.opt = task, model, opt
+        self.key, self.hib = _val_key(task)
+        self.value: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, record: dict) -> None:
+        m = record.get(self.key)
+        if m is None or not math.isfinite(m) or (self.value is not None and not (m > self.value if self.hib
+                                                                                  else m < self.value)):
             return
-        best[:] = [m]
-        swap = callable(getattr(opt, "eval", None))  # schedule-free: test the weights validation saw
+        swap = callable(getattr(self.opt, "eval", None))  # schedule-free: the weights validation saw
         if swap:
-            opt.eval()
-        record["test_loss"], record["test_metric"] = evaluate(model, loss_fn, data.test, task.metric)
+            self.opt.eval()
+        self.value, self.state = m, {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if swap:
-            opt.train()
+            self.opt.train()
 
-    return hook
-
-
-def _at_best_val(epoch_records: list[dict], task) -> float | None:
-    """The test metric read at the epoch with the best validation result (the first such epoch)."""
-    key, hib = _val_key(task)
-    seen = [r for r in epoch_records if r.get(key) is not None and math.isfinite(r[key])]
-    if not seen:
-        return None
-    best = (max if hib else min)(seen, key=lambda r: r[key])
-    return best.get("test_metric")
+    def test_metric(self, res, seed: int, data) -> float | None:
+        """The test metric of the kept weights; None if none were kept or -- after a resume --
+        the best validation result came before it, so the weights kept are not that checkpoint's."""
+        best = res.best(self.key, self.hib)
+        if self.state is None or best is None or self.value != best:
+            return None
+        model = self.task.model(seed)
+        model.load_state_dict(self.state)
+        return evaluate(model, self.task.loss_fn(model), data.test, self.task.metric)[1]
 
 
 def _cost(opt, res) -> dict[str, Any]:
