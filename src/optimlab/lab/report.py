@@ -15,7 +15,7 @@ import io
 import os
 from typing import Any
 
-from .analysis import PHASES, summarize, sweep_lines, table_order, tuning_lines, verdict
+from .analysis import summarize, sweep_lines, table_order, tuning_lines, verdict
 from .runner import row_notes
 
 __all__ = ["write_report", "task_figures"]
@@ -131,7 +131,7 @@ def write_report(records: list[dict[str, Any]], path: str, pngs_dir: str | None 
         parts.append(_configuration(config))
     for task in tasks:
         task_rows = [r for r in rows if r["task"] == task and r.get("phase") != "tuning"]
-        phases = [p for p in PHASES if p in ("tuned", "one-shot") and any(r.get("phase") == p for r in task_rows)]
+        phases = [p for p in ("tuned", "one-shot") if any(r.get("phase") == p for r in task_rows)]  # tuned first
         parts.append(f"<h2>{html.escape(task)}</h2>")
         for phase in phases or [None]:
             v = verdict(rows, task, phase)

@@ -47,8 +47,8 @@ from ..train import evaluate, fit, steps_per_epoch
 from .executors import RayExecutor, get_executor
 from .tasks import BUILTIN_TASKS, TASKS, Task, get_task, task_key
 
-__all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "grid", "run_one", "run_all",
-           "load_records", "Interrupted", "chance_level", "row_notes", "START_METHOD_ENV",
+__all__ = ["RunSpec", "split_optimizers", "parse_optimizer", "check_optimizer", "spec_task", "grid", "run_one",
+           "run_all", "load_records", "Interrupted", "chance_level", "row_notes", "START_METHOD_ENV",
            "resolve_start_method"]
 
 START_METHOD_ENV = "OPTIMLAB_START_METHOD"  # fork, spawn or forkserver: how run_all starts its workers
@@ -199,6 +199,13 @@ class RunSpec:
         return self.label or self.optimizer
 
 
+def spec_task(task: str | Task) -> str | Task:
+    """``task`` as a :class:`RunSpec` holds it: a name, or a Task by its reference when it has
+    one. Resolving it here makes a typo fail before any run."""
+    t = get_task(task)
+    return task if isinstance(task, str) else (t.ref or t)
+
+
 def grid(tasks: Sequence[str | Task] | str | Task, optimizers: Sequence[str], seeds: int | Iterable[int] = 1,
          lrs: Sequence[float] | None = None, epochs: int | None = None, batch_size: int | None | str = "task") -> list[RunSpec]:
     """Every combination. ``tasks``: names, ``"module:function"`` references or :class:`Task`
@@ -208,9 +215,7 @@ def grid(tasks: Sequence[str | Task] | str | Task, optimizers: Sequence[str], se
     if isinstance(tasks, (str, Task)):
         tasks = [tasks]
     out = []
-    for task in tasks:
-        t = get_task(task)  # fail early on a typo
-        task = task if isinstance(task, str) else (t.ref or t)  # by reference when it has one
+    for task in map(spec_task, tasks):
         for text in optimizers:
             name, hyper = parse_optimizer(text)
             for lr in (lrs or [None]):

@@ -38,7 +38,7 @@ from scipy.stats import qmc
 
 from .. import registry
 from ..registry import Dim
-from .runner import SCHEDULES, RunSpec, parse_optimizer, run_all
+from .runner import SCHEDULES, RunSpec, parse_optimizer, run_all, spec_task
 from .tasks import Task, get_task
 
 __all__ = ["Protocol", "DIMENSIONS", "TUNING_SEED_BASE", "search_space", "trial_configs", "one_shot_hyper",
@@ -163,17 +163,12 @@ def _spec(task, text, hyper, seed, epochs, batch_size, label, schedule=None, **t
                    tuple(sorted(dict(tags, base=text).items())))
 
 
-def _task_ref(task: str | Task):
-    t = get_task(task)
-    return task if isinstance(task, str) else (t.ref or t)
-
-
 def protocol_specs(tasks: Sequence[str | Task], optimizers: Sequence[str], protocol: Protocol,
                    epochs: int | None = None, batch_size: int | None | str = "task") -> list[RunSpec]:
     """The runs that need no result of another: one-shot rows on the evaluation seeds and the
     tuning trials on the tuning seeds."""
     specs = []
-    for task in map(_task_ref, tasks):
+    for task in map(spec_task, tasks):
         for text in optimizers:
             if protocol.one_shot:
                 specs += [_spec(task, text, one_shot_hyper(text), s, epochs, batch_size, text, phase="one-shot")
@@ -212,7 +207,7 @@ def evaluation_specs(records: list[dict[str, Any]], tasks: Sequence[str | Task],
     evaluation seeds, and the sweep around it (around the one-shot configuration without
     tuning). Returns the specs and the choices by ``(task name, optimizer string)``."""
     specs, chosen = [], {}
-    for task in map(_task_ref, tasks):
+    for task in map(spec_task, tasks):
         name = get_task(task).name
         for text in optimizers:
             pick = choose(records, name, text) if protocol.trials else None
