@@ -34,8 +34,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from scipy.stats import qmc
-
 from .. import registry
 from ..registry import Dim
 from .runner import SCHEDULES, RunSpec, parse_optimizer, run_all, spec_task
@@ -140,6 +138,8 @@ def trial_configs(text: str, protocol: Protocol) -> list[tuple[dict[str, Any], s
     if not dims:
         raise ValueError(f"{text}: nothing to tune ({name} has none of {', '.join(protocol.tune)}); "
                          "use --trials 0 for it as given")
+    from scipy.stats import qmc  # here: scipy.stats takes ~1 s to import, and the CLI imports this module
+
     points = qmc.Halton(d=max(len(dims), 1), scramble=True, seed=protocol.sample_seed).random(protocol.trials)
     out = []
     for u in points:
