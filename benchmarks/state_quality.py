@@ -1,12 +1,12 @@
 """Does low-precision optimizer state train as well as float32 state? (issue 12)
 
 1. **Pure-bfloat16 MLP** (the issue's setting): an 86 k-parameter MLP held in bfloat16 fits a
-   teacher MLP for 300 full-batch AdamW steps (256 examples) at lr 1e-4. Plain bfloat16 stalls (updates far
+   teacher MLP for 300 full-batch AdamW steps (1024 examples) at lr 1e-4. Plain bfloat16 stalls (updates far
    below the weights' spacing round away); ``param_rounding="stochastic"`` / ``"kahan"`` must
    reach <= 2x the float32 model's loss.
 2. **Lab tasks** ``digits-cnn`` and ``char-lm`` (their default Adam recipe) over 3 seeds with
    float32, bfloat16 and 8-bit state: 8-bit's mean final training loss must lie within the
-   float32 runs' seed spread (their min..max).
+   float32 runs' seed spread (their min..max) or below it.
 
 Peers run next to ours where installed (``pip install -e '.[bench]'``): torchao's AdamW8bit and
 torch-optimi's AdamW (Kahan summation for bfloat16 parameters).
@@ -14,6 +14,7 @@ torch-optimi's AdamW (Kahan summation for bfloat16 parameters).
     python benchmarks/state_quality.py                  # everything (~20 min on 2 CPU cores)
     python benchmarks/state_quality.py --quick          # the MLP, digits-cnn at 5 epochs, 2 seeds
     python benchmarks/state_quality.py --char-epochs 1  # cut char-lm's budget
+    python benchmarks/state_quality.py --skip-tasks     # only the MLP (--skip-mlp: only the tasks)
 """
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ from optimlab.lab.tasks import get_task
 from optimlab.train import evaluate, fit
 
 
-def _peers(adam_kw: dict) -> dict:
-    """Peer optimizers (constructors) that are installed."""
+def _peers() -> dict:
+    """Peer optimizers that are installed: name -> class taking ``(params, lr=, weight_decay=)``."""
     out = {}
     if importlib.util.find_spec("torchao"):
         from torchao.optim import AdamW8bit
 
-        out["torchao AdamW8bit"] = lambda ps: AdamW8bit(ps, **adam_kw)
+        out["torchao AdamW8bit"] = AdamW8bit
     if importlib.util.find_spec("optimi"):
         import optimi
 
-        out["optimi AdamW"] = lambda ps: optimi.AdamW(ps, **adam_kw)  # Kahan summation for 16-bit params
+        out["optimi AdamW"] = optimi.AdamW  # Kahan summation for 16-bit parameters
     return out
 
 
@@ -56,7 +57,7 @@ def _mlp(seed: int) -> torch.nn.Module:
 def mlp_run(make, dtype: torch.dtype, steps: int = 300) -> tuple[float, float]:
     """Final training loss (in float32 arithmetic on the model's outputs) and seconds."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 80, generator=g)
+    x = torch.randn(1024, 80, generator=g)
     with torch.no_grad():
         y = _mlp(1)(x)
     model = _mlp(0).to(dtype)
@@ -79,7 +80,10 @@ def bf16_mlp(steps: int) -> bool:
             ("AdamW, bf16 + kahan", lambda ps: optimlab.AdamW(ps, **kw, param_rounding="kahan"), torch.bfloat16),
             ("AdamW, bf16 + 8-bit state + stochastic",
              lambda ps: optimlab.AdamW(ps, **kw, state_bits=8, param_rounding="stochastic"), torch.bfloat16)]
-    rows += [(f"{label}, bf16 model", make, torch.bfloat16) for label, make in _peers(kw).items()]
+    # torchao rounds bfloat16 parameters stochastically only when asked; optimi uses Kahan summation by itself
+    extra = {"torchao AdamW8bit": {"bf16_stochastic_round": True}}
+    rows += [(f"{label}, bf16 model", lambda ps, cls=cls, label=label: cls(ps, **kw, **extra.get(label, {})),
+              torch.bfloat16) for label, cls in _peers().items()]
     print(f"\n1. pure-bfloat16 MLP (86 785 parameters, 300 full-batch steps, lr 1e-4)\n")
     print(f"{'optimizer':<44}{'final loss':>12}{'vs fp32':>9}{'seconds':>9}")
     results = {}
@@ -114,8 +118,8 @@ def lab_tasks(tasks: dict[str, int], seeds: int) -> bool:
     variants = {"fp32 state": lambda ps, lr: optimlab.Adam(ps, lr=lr),
                 "bf16 state": lambda ps, lr: optimlab.Adam(ps, lr=lr, state_dtype=torch.bfloat16),
                 "8-bit state": lambda ps, lr: optimlab.Adam(ps, lr=lr, state_bits=8)}
-    for label, make in _peers({}).items():
-        variants[label] = lambda ps, lr, make=make: make_peer(make, ps, lr)
+    for label, cls in _peers().items():  # the tasks' recipe is Adam: no weight decay
+        variants[label] = lambda ps, lr, cls=cls: cls(ps, lr=lr, weight_decay=0.0)
     ok = True
     for task_name, epochs in tasks.items():
         task = get_task(task_name)
@@ -131,18 +135,12 @@ def lab_tasks(tasks: dict[str, int], seeds: int) -> bool:
                   f"{statistics.fmean(r[2] for r in runs):>7.1f}")
         lo, hi = min(losses["fp32 state"]), max(losses["fp32 state"])
         mean8 = statistics.fmean(losses["8-bit state"])
-        passed = lo <= mean8 <= hi
+        passed = mean8 <= hi  # within the spread, or below it (better)
         ok &= passed
-        print(f"check: 8-bit mean {mean8:.4f} within the fp32 seeds' spread [{lo:.4f}, {hi:.4f}]: "
+        where = "within" if lo <= mean8 <= hi else "below (better than)" if mean8 < lo else "above"
+        print(f"check: 8-bit mean {mean8:.4f} is {where} the fp32 seeds' spread [{lo:.4f}, {hi:.4f}]: "
               f"{'PASS' if passed else 'FAIL'}")
     return ok
-
-
-def make_peer(make, ps, lr):
-    opt = make(ps)
-    for g in opt.param_groups:
-        g["lr"], g["weight_decay"] = lr, 0.0  # the tasks' recipe is Adam
-    return opt
 
 
 def main() -> int:
@@ -151,8 +149,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--char-epochs", type=int, default=None, help="char-lm's budget (default: the task's)")
     ap.add_argument("--skip-tasks", action="store_true")
+    ap.add_argument("--skip-mlp", action="store_true")
     args = ap.parse_args()
-    ok = bf16_mlp(300)
+    ok = args.skip_mlp or bf16_mlp(300)
     if not args.skip_tasks:
         if args.quick:
             tasks, seeds = {"digits-cnn": 5}, 2
