@@ -19,7 +19,8 @@ pair, in PyTorch form):
 * ``after(u, s)`` (optional) acts on the parameters once the update has been applied (proximal
   L1, iterate averaging).
 
-The descent step ``p <- p - lr * u`` is applied in exactly one place, :func:`apply_updates`.
+The descent step ``p <- p - lr * u`` is applied in exactly one place, :meth:`Updates.apply`
+(:func:`apply_updates`, or one ``addcdiv`` for a quotient left unevaluated).
 
 Example::
 
@@ -236,19 +237,41 @@ class Updates:
     ``segments`` is None on the eager path; on the flat compiled path each list holds one flat
     tensor and ``segments`` (a :class:`Segments`) gives per-tensor reductions to the chains
     that need them.
+
+    A transform whose update is a quotient ``num / den * scale`` (Adam, AdaGrad, RMSProp ...)
+    may hand it over unevaluated (:meth:`replace_ratio`): the division happens when a later
+    transform reads ``updates``, or not at all when nothing does -- the descent step then
+    divides as it writes, ``p <- p - lr * scale * num / den`` in one ``addcdiv`` pass (torch's
+    own last line for these algorithms), instead of a division, a scaling and an axpy, each a
+    pass over memory and the first two a parameter-sized temporary.
     """
 
-    __slots__ = ("params", "grads", "updates", "state", "names", "step", "_owned", "segments")
+    __slots__ = ("params", "grads", "_updates", "_ratio", "state", "names", "step", "_owned", "segments")
 
     def __init__(self, params, grads, state, names, step, updates=None, owned=False, segments=None):
         self.params: list[Tensor] = params
         self.grads: list[Tensor] = grads
-        self.updates: list[Tensor] = grads if updates is None else updates
+        self._updates: list[Tensor] = grads if updates is None else updates
+        self._ratio: tuple | None = None
         self.state: dict[str, list[Tensor]] = state
         self.names: list[str | None] = names
         self.step: int = step
         self._owned = owned
         self.segments: Segments | None = segments
+
+    @property
+    def updates(self) -> list[Tensor]:
+        if self._ratio is not None:  # evaluate a quotient handed over by replace_ratio
+            num, den, scale = self._ratio
+            self._ratio = None
+            self._updates = torch._foreach_div(num, den)
+            if scale is not None:
+                scale_(self._updates, scale)
+        return self._updates
+
+    @updates.setter
+    def updates(self, new: list[Tensor]) -> None:
+        self._updates, self._ratio = new, None
 
     def mutable(self) -> list[Tensor]:
         """The updates, copied once if they are still the caller's gradients."""
@@ -263,6 +286,22 @@ class Updates:
         next in-place writer copies them first."""
         self.updates = new
         self._owned = fresh
+
+    def replace_ratio(self, num: list[Tensor], den: list[Tensor], scale: Scalar | None = None) -> None:
+        """Make ``num / den * scale`` the current updates, evaluated only if it is read (see the
+        class docstring). ``num`` and ``den`` must not change before the step is applied."""
+        self._ratio, self._owned = (num, den, scale), True
+
+    def apply(self, lr: Scalar | None) -> None:
+        """``p <- p - lr * u`` (see :func:`apply_updates`), dividing as it writes where the
+        update is a quotient not yet evaluated and the factor a Python number."""
+        if self._ratio is not None and not isinstance(lr, Tensor) and not isinstance(self._ratio[2], Tensor):
+            num, den, scale = self._ratio
+            value = -(1.0 if lr is None else lr) * (1.0 if scale is None else scale)
+            if self.params:
+                torch._foreach_addcdiv_(self.params, num, den, value=value)
+            return
+        apply_updates(self.params, self.updates, lr)
 
     def select(self, mask) -> list[int]:
         """Indices of the parameters a mask keeps (all of them for ``mask=None``)."""
@@ -1072,7 +1111,7 @@ def run_chain(chain: Sequence[Transform], u: Updates, scalars: Sequence[dict], l
     """
     for t, s in zip(chain, scalars):
         t.update(u, s)
-    apply_updates(u.params, u.updates, lr)
+    u.apply(lr)
     for t, s in zip(chain, scalars):
         if t.has_after:
             t.after(u, s)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import Tensor
 
 from ..core import Transform, axpy_, scale_
 
@@ -60,11 +61,22 @@ def _ema_(avgs, s, name, xs) -> None:
     axpy_(avgs, s["1-" + name], xs)
 
 
+def _ema_sq_(avgs, s, name, xs) -> None:
+    """``avg <- d * avg + (1 - d) * x^2`` in place (see :func:`_ema_`): one ``addcmul`` pass
+    and no ``x^2`` temporary where ``1 - d`` is a number (eager; torch's own kernels), the
+    product first where it is a 0-d tensor (compiled: the compiler fuses it anyway)."""
+    if isinstance(s["1-" + name], Tensor):
+        _ema_(avgs, s, name, torch._foreach_mul(xs, xs))
+    else:
+        scale_(avgs, s[name])
+        torch._foreach_addcmul_(avgs, xs, xs, value=s["1-" + name])
+
+
 def _divide_by_root(u, v, eps) -> None:
     """Make ``g / (sqrt(v) + eps)`` the update (``g`` the current update)."""
     denom = torch._foreach_sqrt(v)
     torch._foreach_add_(denom, eps)
-    u.replace(torch._foreach_div(u.updates, denom), fresh=True)
+    u.replace_ratio(u.updates, denom)
 
 
 def _ema_scalars(name, d) -> dict[str, float]:
@@ -93,7 +105,7 @@ class scale_by_rss(Transform):
 
     def update(self, u, s):
         sums, g = u.state["sum"], u.updates
-        torch._foreach_add_(sums, torch._foreach_mul(g, g))
+        torch._foreach_addcmul_(sums, g, g)
         _divide_by_root(u, sums, s["eps"])
 
 
@@ -136,7 +148,7 @@ class scale_by_rms(Transform):
 
     def update(self, u, s):
         v, g = u.state["square_avg"], u.updates
-        _ema_(v, s, "a", torch._foreach_mul(g, g))
+        _ema_sq_(v, s, "a", g)
         if self.centered:
             m = u.state["grad_avg"]
             _ema_(m, s, "a", g)
@@ -162,12 +174,12 @@ class scale_by_adadelta(Transform):
 
     def update(self, u, s):
         v, d, g = u.state["square_avg"], u.state["acc_delta"], u.updates
-        _ema_(v, s, "rho", torch._foreach_mul(g, g))
+        _ema_sq_(v, s, "rho", g)
         rms_v = torch._foreach_sqrt(torch._foreach_add(v, s["eps"]))
         delta = torch._foreach_sqrt(torch._foreach_add(d, s["eps"]))
         torch._foreach_div_(delta, rms_v)
         torch._foreach_mul_(delta, g)
-        _ema_(d, s, "rho", torch._foreach_mul(delta, delta))
+        _ema_sq_(d, s, "rho", delta)
         u.replace(delta, fresh=True)
 
 
@@ -195,6 +207,4 @@ class scale_by_adamax(Transform):
         abs_g = torch._foreach_abs(g)
         torch._foreach_add_(abs_g, s["eps"])
         torch._foreach_maximum_(n, abs_g)
-        new = torch._foreach_div(m, n)
-        scale_(new, s["1/bc1"])
-        u.replace(new, fresh=True)
+        u.replace_ratio(m, n, s["1/bc1"])

@@ -82,7 +82,4 @@ class scale_by_adam(Transform):
         return denom
 
     def update(self, u, s):
-        denom = self.moments(u, s)
-        new = torch._foreach_div(u.state["exp_avg"], denom)
-        torch._foreach_mul_(new, s["1/bc1"])
-        u.replace(new, fresh=True)
+        u.replace_ratio(u.state["exp_avg"], self.moments(u, s), s["1/bc1"])

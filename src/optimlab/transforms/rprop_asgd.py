@@ -114,5 +114,9 @@ class polyak_average(Transform):
 
     def after(self, u, s):
         ax = u.state["ax"]
+        if isinstance(s["mu"], float) and s["mu"] == 1.0:  # not averaging yet (t <= t0): torch's copy,
+            for a, p in zip(ax, u.params):                # one pass (and no 0 * inf from an old ax);
+                a.copy_(p)                                # per tensor: copy_ has a derivative
+            return
         scale_(ax, s["keep"])
         axpy_(ax, s["mu"], u.params)
