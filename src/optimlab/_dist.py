@@ -14,6 +14,18 @@ computes its part; these helpers add the parts up across the ranks that hold the
   own ``process_group=`` keyword is not passed on); other wrappers that shard plain tensors
   pass it: ``functools.partial(optimlab.AdamW, process_group=group)``.
 * **DDP** (and one process): every rank holds every gradient; nothing to sum.
+
+Whole-matrix work under FSDP2 (Muon's orthogonalisation, Shampoo's inverse roots, SOAP's
+eigenbases) needs whole matrices, not shards. :func:`share_out` gathers the inputs, runs each
+job on one rank of the mesh (round robin over the jobs, :func:`owners`) and broadcasts the
+results, so ``n`` matrices cost ``n / world`` evaluations per rank instead of ``n``, with the
+numbers of one process. Matrix state that such work reads (Kronecker factors, roots,
+eigenbases) is created by :func:`new_matrix`: split by rows over the ranks where the parameter
+is split (``Shard(0)``), so each rank holds ``1 / world`` of it at rest, as FSDP2 holds the
+parameters, and ``torch.distributed.checkpoint`` saves and loads it as any sharded tensor;
+whole matrices are gathered for the step that reads them and each rank keeps its own rows of
+what comes back (:func:`part`). Nothing in the state belongs to an owner: ownership is a
+choice made afresh on each call, and a resumed run may share the work out differently.
 """
 
 from __future__ import annotations
@@ -56,26 +68,101 @@ def like(x: Tensor, t: Tensor) -> Tensor:
     return whole.redistribute(mesh, t.placements)
 
 
+def part(x: Tensor, t: Tensor) -> Tensor:
+    """This rank's part of ``x`` (a whole tensor, the same on every rank) where ``t`` is a DTensor
+    split as ``x`` is to be (its local tensor: no communication); ``x`` itself where ``t`` is plain."""
+    return local(like(x, t))
+
+
+def new_matrix(p: Tensor, n: int) -> Tensor:
+    """A zero ``n x n`` matrix of ``p``'s dtype and device, for ``p``'s optimizer state: a plain
+    tensor for a plain ``p``; for a DTensor ``p`` a DTensor on its mesh, split by rows
+    (``Shard(0)``) over the mesh dims where ``p`` is sharded and whole (``Replicate``) over the
+    others -- each rank holds its share of it, as it does of ``p``."""
+    if not is_dtensor(p):
+        return p.new_zeros(n, n)
+    from torch.distributed.tensor import Replicate, Shard, zeros
+
+    placements = [Shard(0) if pl.is_shard() else Replicate() for pl in p.placements]
+    return zeros(n, n, dtype=p.dtype, device_mesh=p.device_mesh, placements=placements)
+
+
+def owners(xs: list[Tensor]) -> list[int | None]:
+    """The rank (of its mesh) that does the whole-matrix work of each of ``xs``: the DTensors on a
+    1-D mesh take the mesh's ranks in turn (round robin in list order, so every rank that holds
+    the same list agrees); None for the others (plain tensors, n-D meshes): every rank does it."""
+    out, k = [], 0
+    for x in xs:
+        if is_dtensor(x) and x.device_mesh.ndim == 1:
+            out.append(k % x.device_mesh.size())
+            k += 1
+        else:
+            out.append(None)
+    return out
+
+
+def _mine(owner: int | None, x: Tensor) -> bool:
+    return owner is None or x.device_mesh.get_local_rank() == owner
+
+
+def share_out(jobs: list[tuple[Tensor, list[Tensor], Callable[..., list[Tensor]], list[Tensor]]],
+              may_fail: bool = True) -> list[list[Tensor]]:
+    """``fn(*wholes)`` for every job ``(x, inputs, fn, outs)``, each computed once: ``wholes``
+    are the ``inputs`` whole (DTensors gathered: every rank takes part), ``fn`` returns whole
+    tensors with the shapes and dtypes of ``outs`` (tensors or DTensors: their global shapes).
+    Where ``x`` is a DTensor on a 1-D mesh, ``fn`` runs on its owner (:func:`owners`) and the
+    results are broadcast over the mesh; elsewhere on every rank. Every input is gathered before
+    any ``fn`` runs and every broadcast is posted before any is waited on, so the owners work at
+    the same time. With ``may_fail`` an owner's exception is raised on every rank of the mesh
+    (a flag goes with each job's results, read once on the host: a sync); without it ``fn``
+    must not raise (an owner that does leaves the other ranks waiting)."""
+    own = owners([x for x, *_ in jobs])
+    wholes = []
+    for (x, inputs, _, _), o in zip(jobs, own):
+        w = [full(t) for t in inputs]
+        wholes.append(w if _mine(o, x) else None)  # only the owner keeps what it gathered
+    results, pending, flags, errors = [], [], [], {}
+    for k, ((x, _, fn, outs), o) in enumerate(zip(jobs, own)):
+        w, wholes[k] = wholes[k], None
+        if o is None:
+            results.append(fn(*w))
+            continue
+        ys = None
+        if w is not None:
+            try:
+                ys = [y.contiguous() for y in fn(*w)]
+            except Exception as e:  # raised on every rank below, once the broadcasts are done
+                if not may_fail:
+                    raise
+                errors[k] = e
+        ys = ys or [torch.empty(t.shape, dtype=t.dtype, device=local(t).device) for t in outs]
+        sent = ys
+        if may_fail:
+            flags.append((k, torch.tensor(k in errors, device=ys[0].device)))
+            sent = [*ys, flags[-1][1]]
+        group = x.device_mesh.get_group(0)
+        pending += [torch.distributed.broadcast(y, group=group, group_src=o, async_op=True) for y in sent]
+        results.append(ys)
+    for work in pending:
+        work.wait()
+    if flags and torch.stack([f for _, f in flags]).any():
+        k = next(k for k, f in flags if f)
+        error = [errors.get(k)]
+        torch.distributed.broadcast_object_list(error, group=jobs[k][0].device_mesh.get_group(0), group_src=own[k])
+        raise error[0]
+    return results
+
+
 def map_whole(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
     """``[fn(whole x), sharded as x]`` for every tensor: ``fn`` maps a whole tensor to one of the
     same shape and dtype (Muon's orthogonalisation). DTensors sharded over a 1-D mesh (FSDP2)
-    share the work out: each is gathered, ``fn`` runs on one rank of the mesh (round robin) and
-    the result is broadcast, so ``n`` matrices cost ``n / world`` evaluations per rank instead
-    of ``n``, with the numbers of one process. Other tensors: ``fn`` where they are."""
-    wholes = [full(x) for x in xs]
-    out, pending = [], []
-    for i, (x, w) in enumerate(zip(xs, wholes)):
-        if not is_dtensor(x) or x.device_mesh.ndim != 1:
-            out.append(fn(w))
-            continue
-        owner = i % x.device_mesh.size()
-        y = fn(w).contiguous() if x.device_mesh.get_local_rank() == owner else torch.empty_like(w)
-        pending.append(torch.distributed.broadcast(y, group=x.device_mesh.get_group(0), group_src=owner,
-                                                   async_op=True))
-        out.append(y)
-    for work in pending:
-        work.wait()
-    return [like(y, x) for y, x in zip(out, xs)]
+    share the work out (:func:`share_out`): each is gathered, ``fn`` runs on one rank of the
+    mesh (round robin) and the result is broadcast, so ``n`` matrices cost ``n / world``
+    evaluations per rank instead of ``n``, with the numbers of one process. Other tensors:
+    ``fn`` where they are."""
+    # Newton-Schulz cannot fail on any values: no flags (and no host sync) each step
+    wholes = share_out([(x, [x], lambda w: [fn(w)], [x]) for x in xs], may_fail=False)
+    return [like(y, x) for (y,), x in zip(wholes, xs)]
 
 
 def _groups(t: Tensor, process_group) -> tuple:

@@ -33,9 +33,11 @@ MASK = optimlab.Mask(exclude="bias")
 
 # name -> how to run it: wrapper ("ddp", "zero", "fsdp"), optimizer class and keywords, and
 # extras: zero (ZeroRedundancyOptimizer keywords), groups (two param groups: the last layer's bias
-# alone, so that under ZeRO one rank has an empty group), nan (inject inf), resume ("dcp": a
+# alone, so that under ZeRO one rank has an empty group), nan (the step on which to inject an
+# inf), raises (the error every rank and one process must raise), resume ("dcp": a
 # distributed checkpoint at half time; "torch": rank 0's state_dict through
-# torch.load(weights_only=True)), partial (process_group= given through functools.partial)
+# torch.load(weights_only=True)), partial (process_group= given through functools.partial),
+# matrices (only the 2-D parameters, Muon's), halves (compared with reference(halves=True))
 SCENARIOS: dict[str, dict] = {
     "ddp-adamw": dict(wrap="ddp", opt="AdamW", kw=dict(lr=1e-2)),
     "ddp-adamw-resume-weights-only": dict(wrap="ddp", opt="AdamW", kw=dict(lr=1e-2, decay_mask=MASK), resume="torch"),
@@ -49,7 +51,7 @@ SCENARIOS: dict[str, dict] = {
     "zero-clip-bucket-view": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05),
                                   zero=dict(parameters_as_bucket_view=True)),
     "zero-clip-partial": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05), partial=True),
-    "zero-skip-nonfinite": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, skip_nonfinite=True), nan=True),
+    "zero-skip-nonfinite": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, skip_nonfinite=True), nan=NAN_STEP),
     "zero-prodigy": dict(wrap="zero", opt="Prodigy", kw=dict(d0=1e-3)),
     "zero-dadapt": dict(wrap="zero", opt="DAdaptAdam", kw=dict(d0=1e-3)),
     "zero-sgd-accumulate": dict(wrap="zero", opt="SGD", kw=dict(lr=0.05, momentum=0.9, accumulate_steps=2)),
@@ -57,7 +59,7 @@ SCENARIOS: dict[str, dict] = {
     "fsdp-adamw-compile": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, compile=True)),
     "fsdp-clip": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05)),
     "fsdp-clip-param": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, clip_param_grad_norm=0.02)),
-    "fsdp-skip-nonfinite": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, skip_nonfinite=True), nan=True),
+    "fsdp-skip-nonfinite": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, skip_nonfinite=True), nan=NAN_STEP),
     "fsdp-mask": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, weight_decay=0.5, decay_mask=MASK)),
     "fsdp-lion": dict(wrap="fsdp", opt="Lion", kw=dict(lr=1e-3)),
     "fsdp-lamb": dict(wrap="fsdp", opt="LAMB", kw=dict(lr=1e-2, weight_decay=0.01)),
@@ -70,12 +72,28 @@ SCENARIOS: dict[str, dict] = {
     "ddp-shampoo": dict(wrap="ddp", opt="Shampoo", kw=dict(lr=1e-2, precondition_frequency=2, start_preconditioning_step=2),
                         halves=True),
     "zero-soap": dict(wrap="zero", opt="SOAP", kw=dict(lr=1e-2, precondition_frequency=2), halves=True),
-    # FSDP2's reduce-scatter rounds its own way: well-conditioned statistics (matrix_eps) here
+    # well-conditioned statistics (matrix_eps): against the full-batch gradient, which rounds
+    # differently from the sum of the halves
     "fsdp-shampoo": dict(wrap="fsdp", opt="Shampoo", kw=dict(lr=1e-2, precondition_frequency=2,
                                                               start_preconditioning_step=2, matrix_eps=1e-3)),
+    # under FSDP2 the roots and eigenbases are computed whole, each once (on one rank) and
+    # broadcast: with the gradients of the halves, the numbers of one process, nearly singular
+    # statistics and blocks included
+    "fsdp-shampoo-blocks": dict(wrap="fsdp", opt="Shampoo", kw=dict(lr=1e-2, precondition_frequency=2,
+                                                                     start_preconditioning_step=2, block_size=5),
+                                halves=True),
+    "fsdp-soap": dict(wrap="fsdp", opt="SOAP", kw=dict(lr=1e-2, precondition_frequency=2), halves=True),
+    # an inf gradient on the set-up step: the eigendecomposition fails on one rank (the owner), and
+    # every rank raises its error (none is left waiting for the others)
+    "fsdp-soap-nonfinite": dict(wrap="fsdp", opt="SOAP", kw=dict(lr=1e-2), nan=0, raises=FloatingPointError),
     "fsdp-adafactor": dict(wrap="fsdp", opt="Adafactor", kw=dict(lr=1e-2)),
     "fsdp-prodigy": dict(wrap="fsdp", opt="Prodigy", kw=dict(d0=1e-3)),
     "fsdp-adamw-resume-dcp": dict(wrap="fsdp", opt="AdamW", kw=dict(lr=1e-2, decay_mask=MASK), resume="dcp"),
+    "fsdp-shampoo-resume-dcp": dict(wrap="fsdp", opt="Shampoo", kw=dict(lr=1e-2, precondition_frequency=2,
+                                                                         start_preconditioning_step=2),
+                                    halves=True, resume="dcp"),
+    "fsdp-soap-resume-dcp": dict(wrap="fsdp", opt="SOAP", kw=dict(lr=1e-2, precondition_frequency=2, weight_decay=0.1),
+                                 halves=True, resume="dcp"),
 }
 
 
@@ -96,9 +114,9 @@ def _groups(net: nn.Module, spec: dict):
     return [{"params": named[:-1]}, {"params": named[-1:], "lr": 3e-3}]
 
 
-def _poison(net: nn.Module, step: int) -> None:
-    """An inf in one gradient entry (the first layer's weight) on step NAN_STEP."""
-    if step == NAN_STEP:
+def _poison(net: nn.Module, step: int, at: int) -> None:
+    """An inf in one gradient entry (the first layer's weight) on step ``at``."""
+    if step == at:
         g = next(net.parameters()).grad
         if hasattr(g, "to_local"):  # FSDP2: the rank whose shard holds entry (0, 0)
             g = g.to_local() if dist.get_rank() == 0 else g.to_local()[:0]
@@ -129,8 +147,8 @@ def reference(name: str, halves: bool = False) -> torch.Tensor:
 def _train_step(net, opt, x, y, spec, step) -> None:
     loss = nn.functional.mse_loss(net(x), y)
     loss.backward()
-    if spec.get("nan"):
-        _poison(net, step)
+    if spec.get("nan") is not None:
+        _poison(net, step, spec["nan"])
     opt.step()
     opt.zero_grad()
 
@@ -172,8 +190,9 @@ def _build(spec: dict, rank: int):
     return net, ddp, ZeroRedundancyOptimizer(params, cls, **spec.get("zero", {}), **kw)
 
 
-def run(name: str, rank: int, tmp: str) -> torch.Tensor:
-    """Train scenario ``name`` on this rank (its half of the batch); the full parameters."""
+def run(name: str, rank: int, tmp: str):
+    """Train scenario ``name`` on this rank (its half of the batch); the full parameters and the
+    optimizer."""
     spec = SCENARIOS[name]
     net, wrapped, opt = _build(spec, rank)
     x, y = data()
@@ -182,13 +201,38 @@ def run(name: str, rank: int, tmp: str) -> torch.Tensor:
     for step in range(STEPS):
         if step == STEPS // 2 and spec.get("resume"):
             net, wrapped, opt = _resume(spec, net, opt, rank, tmp, name)
-        _train_step(wrapped, opt, xs, ys, spec, step) if not spec.get("nan") else _nan_step(net, wrapped, opt, xs, ys, step)
-    return _flat(net)
+        if spec.get("nan") is None:
+            _train_step(wrapped, opt, xs, ys, spec, step)
+        else:
+            _nan_step(net, wrapped, opt, xs, ys, spec, step)
+    return _flat(net), opt
 
 
-def _nan_step(net, wrapped, opt, xs, ys, step) -> None:
+#: the optimizer state entries that hold matrices (Shampoo's, SOAP's), nested lists per parameter
+MATRIX_STATE = ("factors", "inverse_roots", "eigenbases")
+
+
+def matrix_state(opt) -> dict[str, tuple[int, int]]:
+    """``{key: (entries of the whole matrices, entries this rank holds)}`` over every parameter's
+    MATRIX_STATE entries (DTensors: their global and local sizes)."""
+    def tensors(x):
+        if isinstance(x, (list, tuple)):
+            return [t for v in x for t in tensors(v)]
+        return [] if x is None else [x]
+
+    out = {}
+    for st in opt.state.values():
+        for key in MATRIX_STATE:
+            for t in tensors(st.get(key)):
+                whole, mine = out.get(key, (0, 0))
+                here = t.to_local() if hasattr(t, "to_local") else t
+                out[key] = (whole + t.numel(), mine + here.numel())
+    return out
+
+
+def _nan_step(net, wrapped, opt, xs, ys, spec, step) -> None:
     nn.functional.mse_loss(wrapped(xs), ys).backward()
-    _poison(net, step)
+    _poison(net, step, spec["nan"])
     opt.step()
     opt.zero_grad()
 
@@ -219,22 +263,36 @@ def _resume(spec, net, opt, rank, tmp, name):
     return new_net, new_wrapped, new_opt
 
 
+#: the whole-matrix computations that FSDP2 shares out over the ranks, counted per rank:
+#: name -> (module of optimlab.transforms, function)
+COUNTED = {
+    "newton_schulz": ("orthogonal", "newton_schulz"),  # Muon
+    "inverse_root": ("shampoo", "inverse_root"),  # Shampoo, one per factor and refresh
+    "eigenbasis": ("soap", "eigenbasis"),  # SOAP's set-up, one per factor
+    "refresh_eigenbasis": ("soap", "refresh_eigenbasis"),  # SOAP's refresh, one per factor
+}
+
+
 @contextlib.contextmanager
-def _counting_orthogonalisations():
-    """Count this rank's Newton-Schulz evaluations (Muon's work, shared out under FSDP2)."""
-    from optimlab.transforms import orthogonal
+def _counting():
+    """Count this rank's calls of each function of COUNTED (``{name: calls}``)."""
+    import importlib
 
-    calls, original = [0], orthogonal.newton_schulz
+    calls, originals = dict.fromkeys(COUNTED, 0), {}
+    for name, (mod, fn) in COUNTED.items():
+        module = importlib.import_module(f"optimlab.transforms.{mod}")
+        originals[name] = (module, getattr(module, fn))
 
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
+        def counted(*args, _name=name, **kwargs):
+            calls[_name] += 1
+            return originals[_name][1](*args, **kwargs)
 
-    orthogonal.newton_schulz = counted
+        setattr(module, fn, counted)
     try:
         yield calls
     finally:
-        orthogonal.newton_schulz = original
+        for name, (module, original) in originals.items():
+            setattr(module, COUNTED[name][1], original)
 
 
 def worker(rank: int, port: int, names: list[str], out: str) -> None:
@@ -249,9 +307,10 @@ def worker(rank: int, port: int, names: list[str], out: str) -> None:
         dist.broadcast_object_list(shared, src=0)
         for name in names:
             try:
-                with _counting_orthogonalisations() as calls:
-                    results[name] = run(name, rank, shared[0])
-                results[f"{name}:newton_schulz_calls"] = calls[0]
+                with _counting() as calls:
+                    results[name], opt = run(name, rank, shared[0])
+                results.update({f"{name}:{fn}_calls": n for fn, n in calls.items()})
+                results[f"{name}:matrix_state"] = matrix_state(opt)
             except Exception:  # reported by the test of that scenario
                 results[name] = traceback.format_exc()
             dist.barrier()
@@ -292,6 +351,8 @@ if __name__ == "__main__":
         if any(not isinstance(g, torch.Tensor) for g in got):
             print(f"{n}: ERROR\n{next(g for g in got if not isinstance(g, torch.Tensor))}")
             continue
-        ref = reference(n)
+        ref = reference(n, halves=SCENARIOS[n].get("halves", False))
+        calls = {fn: [r.get(f"{n}:{fn}_calls") for r in ranks] for fn in COUNTED}
         print(f"{n}: ranks differ by {(got[0] - got[1]).abs().max().item():.3g}, "
-              f"from one process by {(got[0] - ref).abs().max().item():.3g}")
+              f"from one process by {(got[0] - ref).abs().max().item():.3g}; calls per rank "
+              + ", ".join(f"{fn} {c}" for fn, c in calls.items() if any(c)))

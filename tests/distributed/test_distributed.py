@@ -7,10 +7,16 @@ parameters bit for bit and match the single process to float32 rounding. The dec
 the whole model (global-norm clipping, non-finite skipping, Prodigy's and D-Adapt's sums) and
 per-tensor norms of shards are what goes wrong when an optimizer reads only its shard: before
 the fixes in ``optimlab._dist`` those scenarios ended 1e-2 away from the single process.
+
+Under FSDP2 the whole-matrix work (Muon's orthogonalisations, Shampoo's inverse roots, SOAP's
+eigenbases) is done once per matrix, on one rank, and broadcast: the ranks' calls, counted,
+add up to those of one process and none does them all; Shampoo's and SOAP's matrix state is
+split over the ranks (each entry held once), also after a resume from a distributed checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -21,7 +27,11 @@ import scenarios
 
 pytestmark = pytest.mark.slow  # ~1 minute on 2 cores, for all the scenarios together
 
-#: float32 rounding of the averaged gradients, carried through STEPS steps (measured: <= 2.1e-7)
+#: float32 rounding of the averaged gradients, carried through STEPS steps (measured: <= 2.1e-7).
+#: SOAP and Shampoo without matrix_eps amplify that rounding (1e-1 and 2e-2 against the
+#: full-batch gradient), so those scenarios compare with the gradients summed as the ranks sum
+#: them (halves=True): the same float32 numbers in, the whole matrices computed as in one
+#: process, measured 0 under FSDP2; TOL bounds what a reduction in another order may round
 TOL = dict(rtol=1e-5, atol=1e-6)
 #: Muon orthogonalises in bfloat16: a gradient rounded differently may move one bfloat16 ulp
 #: (lr * 2^-8 ~ 4e-5 a step); a shard orthogonalised on its own ends 4e-3 away
@@ -34,7 +44,7 @@ def ranks(tmp_path_factory):
     return scenarios.run_all(list(scenarios.SCENARIOS), str(tmp_path_factory.mktemp("dist")))
 
 
-@pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
+@pytest.mark.parametrize("name", [n for n, spec in scenarios.SCENARIOS.items() if "raises" not in spec])
 def test_matches_one_process(ranks, name):
     got = [r.get(name, "no result: the rank died") for r in ranks]
     for r, g in enumerate(got):
@@ -45,11 +55,69 @@ def test_matches_one_process(ranks, name):
     assert (ref - scenarios._flat(scenarios.model())).abs().max() > 1e-3  # it did train
 
 
-def test_fsdp_muon_shares_out_the_orthogonalisations(ranks):
-    """Under FSDP2 each matrix is orthogonalised on one rank (round robin) and broadcast."""
-    calls = [r.get("fsdp-muon:newton_schulz_calls") for r in ranks]
-    matrices = 3
-    assert sum(calls) == matrices * scenarios.STEPS and max(calls) < matrices * scenarios.STEPS, calls
+@pytest.mark.parametrize("name", [n for n, spec in scenarios.SCENARIOS.items() if "raises" in spec])
+def test_fails_on_every_rank(ranks, name):
+    """An error on the rank that does a matrix's work (SOAP's eigendecomposition of non-finite
+    statistics) is raised on every rank, as one process raises it."""
+    error = scenarios.SCENARIOS[name]["raises"]
+    with pytest.raises(error, match="eigendecomposition"):
+        scenarios.reference(name)
+    got = [r.get(name, "no result: the rank died") for r in ranks]
+    assert all(isinstance(g, str) and f"{error.__name__}: SOAP: the eigendecomposition" in g for g in got), got
+
+
+def _matrices() -> list[tuple[int, int]]:
+    return [tuple(p.shape) for p in scenarios.model().parameters() if p.ndim == 2]
+
+
+def _one_process_calls(name: str) -> dict[str, int]:
+    """The whole-matrix computations of scenario ``name`` in one process (full batch), counted."""
+    with scenarios._counting() as calls:
+        scenarios.reference(name)
+    return calls
+
+
+@pytest.mark.parametrize("name, fn", [("fsdp-muon", "newton_schulz"), ("fsdp-shampoo", "inverse_root"),
+                                      ("fsdp-shampoo-blocks", "inverse_root"), ("fsdp-soap", "eigenbasis"),
+                                      ("fsdp-soap", "refresh_eigenbasis")])
+def test_fsdp_shares_out_the_matrix_work(ranks, name, fn):
+    """Under FSDP2 each matrix's orthogonalisation / inverse roots / eigenbases are computed on
+    one rank (round robin over the matrices) and broadcast: the ranks' calls add up to one
+    process's, which follow from the schedule (every factor of every matrix at every refresh),
+    and no rank makes them all."""
+    kw, steps = scenarios.SCENARIOS[name]["kw"], range(1, scenarios.STEPS + 1)
+    if fn == "newton_schulz":  # every matrix, every step
+        total = len(_matrices()) * scenarios.STEPS
+    elif fn == "inverse_root":  # every factor of every block, from start_preconditioning_step on
+        start, every, size = kw["start_preconditioning_step"], kw["precondition_frequency"], kw.get("block_size", 256)
+        factors = sum(math.ceil(m / size) * math.ceil(n / size) * 2 for m, n in _matrices())
+        total = factors * sum(1 for t in steps if t >= start and (t - start) % every == 0)
+    elif fn == "eigenbasis":  # SOAP: both factors of every matrix, set up on step 1
+        total = 2 * len(_matrices())
+    else:  # and refreshed every precondition_frequency steps after it
+        every = kw["precondition_frequency"]
+        total = 2 * len(_matrices()) * sum(1 for t in steps if t > 1 and (t - 1) % every == 0)
+    calls = [r.get(f"{name}:{fn}_calls") for r in ranks]
+    assert _one_process_calls(name)[fn] == total
+    assert sum(calls) == total and max(calls) < total, calls
+
+
+@pytest.mark.parametrize("name", ["fsdp-shampoo", "fsdp-shampoo-blocks", "fsdp-soap", "fsdp-shampoo-resume-dcp",
+                                  "fsdp-soap-resume-dcp"])
+def test_fsdp_splits_the_matrix_state(ranks, name):
+    """Shampoo's factors and roots, SOAP's factors and eigenbases: each entry is held by one
+    rank (rows split over the ranks, as FSDP2 splits the parameters), also after a resume
+    from a distributed checkpoint; every rank holds a part, none all of it."""
+    size = scenarios.SCENARIOS[name]["kw"].get("block_size", 256)
+    keys = ("factors", "eigenbases") if scenarios.SCENARIOS[name]["opt"] == "SOAP" else ("factors", "inverse_roots")
+    blocks = [(min(size, m - a), min(size, n - b)) for m, n in _matrices()
+              for a in range(0, m, size) for b in range(0, n, size)]
+    whole = sum(m * m + n * n for m, n in blocks)
+    held = [r.get(f"{name}:matrix_state") for r in ranks]
+    for key in keys:
+        assert all(h[key][0] == whole for h in held), (key, held)
+        mine = [h[key][1] for h in held]
+        assert sum(mine) == whole and 0 < min(mine) and max(mine) < whole, (key, mine)
 
 
 def test_constructor_options_in_a_group():

@@ -28,11 +28,26 @@ per-layer step size while Shampoo sets the direction::
 Before ``start_preconditioning_step`` the step is ``A`` itself (``M`` with ``"none"``), so with
 ``grafting="adam"`` Shampoo starts as Adam. Vectors and 0-d tensors are preconditioned
 diagonally: ``D = M / (sqrt(v / (1 - b2^t)) + eps)``, then grafted like the blocks.
+
+*Under FSDP2* (DTensor parameters; see :mod:`optimlab._dist`) the numbers are those of one
+process and the inverse roots are shared out: on a refresh step each matrix's roots (every
+block, every dim) are computed by one rank of the mesh, round robin over the matrices, and
+broadcast, so ``n`` matrices cost about ``n / world`` sets of eigendecompositions per rank. The
+factors and the roots are split by rows over the ranks (``Shard(0)``: each rank holds
+``1 / world`` of them, and ``torch.distributed.checkpoint`` saves them as sharded tensors).
+Each step every rank gathers the whole gradient, filtered gradient, grafting step and roots of
+a matrix, adds its own rows of the whole blocks' ``G_(i) G_(i)^T`` to its rows of the factors,
+preconditions the whole matrix as one process does and keeps its shard of the result; the
+owner of a refresh gathers the whole factors. Computing only its own rows of a Gram matrix or
+a product would round differently from one process (the products' blocking depends on their
+shapes); so each rank repeats the whole matrix products, and only the eigendecompositions --
+the expensive, poorly parallel part -- are shared.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import warnings
@@ -40,6 +55,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from .. import _dist
 from ..core import Transform
 
 __all__ = ["scale_by_shampoo", "block_slices", "inverse_root"]
@@ -64,14 +80,15 @@ def inverse_root(matrix: Tensor, root: int, eps: float, dtype: torch.dtype = tor
     return ((evecs * scale) @ evecs.T).to(matrix.dtype)
 
 
-def _refresh_root(root: Tensor, factor: Tensor, order: int, eps: float, dtype: torch.dtype) -> None:
-    """``root <- inverse_root(factor)``; if the eigendecomposition fails (a factor with inf/NaN
-    from a diverging run), the previous root is kept and a warning says why."""
+def _new_root(previous: Tensor, factor: Tensor, order: int, eps: float, dtype: torch.dtype) -> Tensor:
+    """``inverse_root(factor)``; if the eigendecomposition fails (a factor with inf/NaN from a
+    diverging run), the ``previous`` root, and a warning says why."""
     try:
-        root.copy_(inverse_root(factor, order, eps, dtype))
+        return inverse_root(factor, order, eps, dtype)
     except torch.linalg.LinAlgError as e:
         warnings.warn(f"Shampoo: inverse root of a {tuple(factor.shape)} factor failed ({e}); keeping the previous "
                       "one (non-finite statistics mean the run diverged: lower lr)", RuntimeWarning, stacklevel=2)
+        return previous
 
 
 def _gram(block: Tensor, dim: int) -> Tensor:
@@ -118,11 +135,11 @@ class scale_by_shampoo(Transform):
         st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
         if self.grafting == "adam" or p.ndim < 2:
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if p.ndim >= 2:
+        if p.ndim >= 2:  # DTensors: split by rows, see the module docstring
             blocks = block_slices(p.shape, self.block_size)
             sizes = [[s.stop - s.start for s in b] for b in blocks]
-            st["factors"] = [[p.new_zeros(n, n) for n in ns] for ns in sizes]
-            st["inverse_roots"] = [[p.new_zeros(n, n) for n in ns] for ns in sizes]
+            st["factors"] = [[_dist.new_matrix(p, n) for n in ns] for ns in sizes]
+            st["inverse_roots"] = [[_dist.new_matrix(p, n) for n in ns] for ns in sizes]
         return st
 
     def scalars(self, group, step, host):
@@ -148,6 +165,11 @@ class scale_by_shampoo(Transform):
         n = len(g)
         none = [None] * n
         v_all, factors, roots = (u.state.get(k) or none for k in ("exp_avg_sq", "factors", "inverse_roots"))
+        mats = [i for i in range(n) if factors[i] is not None]
+        for i in mats:
+            self._accumulate(_dist.full(g[i]), factors[i], s)
+        whole_roots = dict(zip(mats, self._roots([g[i] for i in mats], [factors[i] for i in mats],
+                                                 [roots[i] for i in mats], s)))
         new = []
         for i in range(n):
             gi, mi, v = g[i], filtered[i], v_all[i]
@@ -157,27 +179,55 @@ class scale_by_shampoo(Transform):
                 adam = mi / (v.sqrt().mul_(s["1/sqrt(bc2)"]).add_(s["eps"]))
             graft = {"adam": adam, "sgd": mi, "none": None}[self.grafting]
             if factors[i] is not None:
-                new.append(self._blocks(gi, mi, graft, factors[i], roots[i], s))
+                new.append(self._direction(gi, mi, graft, whole_roots[i], s))
             elif not s["precondition"]:
                 new.append(mi if graft is None else graft)
             else:  # a vector or a scalar: the diagonal preconditioner is Adam's (AdaGrad's)
                 new.append(adam if graft is None else _graft(adam, graft))
         u.replace(new, fresh=True)
 
-    def _blocks(self, g, filtered, graft, factors, roots, s) -> Tensor:
-        """Update one tensor's statistics (and roots, on a refresh step); its direction."""
-        blocks = block_slices(g.shape, self.block_size)
-        order = 2 * g.ndim
-        for b, fs, rs in zip(blocks, factors, roots):
+    def _accumulate(self, g: Tensor, factors, s) -> None:
+        """``H_i <- b2 H_i + add G_(i) G_(i)^T`` for every block of the whole gradient ``g``
+        (each rank updates its own rows of a split factor)."""
+        for b, fs in zip(block_slices(g.shape, self.block_size), factors):
             gb = g[b]
-            for dim, (f, r) in enumerate(zip(fs, rs)):
-                f.mul_(s["b2"]).add_(_gram(gb, dim), alpha=s["add"])
-                if s["refresh"]:
-                    _refresh_root(r, f * s["1/bc2"], order, s["matrix_eps"], self.root_dtype)
+            for dim, f in enumerate(fs):
+                _dist.local(f).mul_(s["b2"]).add_(_dist.part(_gram(gb, dim), f), alpha=s["add"])
+
+    def _roots(self, gs, factors, roots, s) -> list[list[Tensor] | None]:
+        """Each matrix's inverse roots, whole, flat (block by block, dim by dim); refreshed first
+        on a refresh step: computed once (for DTensors on the owner rank, see
+        :func:`optimlab._dist.share_out`) and stored, each rank keeping its rows. None before
+        preconditioning starts."""
+        flat = [[x for xs in per_block for x in xs] for per_block in roots]
+        if not s["precondition"]:
+            return [None] * len(gs)
+        if not s["refresh"]:
+            return [[_dist.full(r) for r in rs] for rs in flat]
+
+        def refreshed(order, *wholes):  # the whole factors, then the whole previous roots
+            half = len(wholes) // 2
+            return [_new_root(r, f * s["1/bc2"], order, s["matrix_eps"], self.root_dtype)
+                    for f, r in zip(wholes[:half], wholes[half:])]
+
+        jobs = [(g, [f for xs in fs for f in xs] + rs, functools.partial(refreshed, 2 * g.ndim), rs)
+                for g, fs, rs in zip(gs, factors, flat)]
+        wholes = _dist.share_out(jobs)
+        for rs, ws in zip(flat, wholes):
+            for r, w in zip(rs, ws):
+                _dist.local(r).copy_(_dist.part(w, r))
+        return wholes
+
+    def _direction(self, g, filtered, graft, roots, s) -> Tensor:
+        """One matrix's direction from its whole roots (flat, see :meth:`_roots`): each block
+        of the whole filtered gradient preconditioned and grafted; sharded as ``g``."""
         if not s["precondition"]:
             return filtered if graft is None else graft
-        out = torch.empty_like(g)
-        for b, rs in zip(blocks, roots):
-            d = _precondition(filtered[b], rs)
+        filtered, graft = _dist.full(filtered), None if graft is None else _dist.full(graft)
+        blocks = block_slices(g.shape, self.block_size)
+        k = g.ndim
+        out = filtered.new_empty(g.shape, dtype=g.dtype)
+        for j, b in enumerate(blocks):
+            d = _precondition(filtered[b], roots[j * k:(j + 1) * k])
             out[b] = d if graft is None else _graft(d, graft[b])
-        return out
+        return _dist.like(out, g)

@@ -24,6 +24,20 @@ dimension merging and 1-D preconditioning; the QR runs in the parameter's dtype.
 no preconditioned dim (vectors, scalars, every dim > ``max_precond_dim``) is updated by plain
 Adam with the same ``c_t``, from the first step -- where the authors' code skips the first step
 for every parameter, these tensors included (there they move one step later).
+
+*Under FSDP2* (DTensor parameters; see :mod:`optimlab._dist`) the numbers are those of one
+process and the eigendecompositions are shared out: on the first step and on each refresh a
+tensor's bases (every dim: ``eigh``, or power iteration + QR and the sort) are computed by one
+rank of the mesh, round robin over the tensors, and broadcast with the permutations, so ``n``
+matrices cost about ``n / world`` of them per rank. The factors and the eigenbases are split by
+rows over the ranks (``Shard(0)``: each rank holds ``1 / world`` of them, and
+``torch.distributed.checkpoint`` saves them as sharded tensors); ``exp_avg`` and ``exp_avg_sq``
+are sharded as the parameter. Each step every rank gathers the whole gradient, bases, ``m``
+and ``v`` of a tensor, updates its own shards of ``m``, ``v`` and the factors (from the whole
+rotated gradient and Gram matrices), computes the whole direction as one process does and keeps
+its shard; the owner of a refresh gathers the whole factors. The rotations and Gram matrices
+are repeated on every rank: computing only a rank's rows of them would round differently from
+one process.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ import math
 import torch
 from torch import Tensor
 
+from .. import _dist
 from ..core import Transform
 
 __all__ = ["scale_by_soap"]
@@ -62,6 +77,26 @@ def refresh_eigenbasis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     est = torch.einsum("ij,ij->j", basis, factor @ basis)  # diag(Q^T L Q)
     perm = torch.argsort(est, descending=True)
     return torch.linalg.qr(factor @ basis[:, perm])[0], perm
+
+
+def _set_up(*factors: Tensor) -> list[Tensor]:
+    """The eigenbases of a tensor's (whole) factors, on its set-up step."""
+    out = []
+    for f in factors:
+        try:
+            out.append(eigenbasis(f))
+        except torch.linalg.LinAlgError as e:  # inf/NaN statistics: the run diverged
+            raise FloatingPointError(f"SOAP: the eigendecomposition of a {tuple(f.shape)} factor "
+                                     f"failed ({e}); the gradients are not finite") from None
+    return out
+
+
+def _refreshed(*wholes: Tensor) -> list[Tensor]:
+    """``wholes``: a tensor's whole factors, then its whole bases (preconditioned dims only);
+    returns the refreshed bases, then the permutations (:func:`refresh_eigenbasis`)."""
+    half = len(wholes) // 2
+    pairs = [refresh_eigenbasis(f, q) for f, q in zip(wholes[:half], wholes[half:])]
+    return [b for b, _ in pairs] + [perm for _, perm in pairs]
 
 
 def _grams(g: Tensor, bases: list) -> list[Tensor | None]:
@@ -94,9 +129,9 @@ class scale_by_soap(Transform):
     def init(self, p, group):
         st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
               "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-        if p.ndim >= 2:
-            st["factors"] = [p.new_zeros(n, n) if n <= self.max_precond_dim else None for n in p.shape]
-            st["eigenbases"] = [p.new_zeros(n, n) if n <= self.max_precond_dim else None for n in p.shape]
+        if p.ndim >= 2:  # DTensors: split by rows, see the module docstring
+            st["factors"] = [_dist.new_matrix(p, n) if n <= self.max_precond_dim else None for n in p.shape]
+            st["eigenbases"] = [_dist.new_matrix(p, n) if n <= self.max_precond_dim else None for n in p.shape]
         return st
 
     def scalars(self, group, step, host):
@@ -117,7 +152,7 @@ class scale_by_soap(Transform):
     def update(self, u, s):
         none = [None] * len(u.params)
         factors, bases = u.state.get("factors") or none, u.state.get("eigenbases") or none
-        new = []
+        new, work = [], []  # work: (job, the bases it sets, (v, whole v, dims) to permute or None)
         for g, m, v, fs, qs in zip(u.updates, u.state["exp_avg"], u.state["exp_avg_sq"], factors, bases):
             rotated = fs is not None and any(q is not None for q in qs)
             if not rotated:  # plain Adam
@@ -125,30 +160,50 @@ class scale_by_soap(Transform):
                 v.mul_(s["b2"]).addcmul_(g, g, value=s["1-b2"])
                 new.append(m / (v.sqrt().add_(s["eps"])) * s["c"])
                 continue
+            # whole tensors (DTensors gathered); each rank updates its own shards of the state
+            g_whole = _dist.full(g)
+            dims = [i for i, f in enumerate(fs) if f is not None]
+            used_f, used_q = [fs[i] for i in dims], [qs[i] for i in dims]
             if s["first"]:
-                for f, q, gram in zip(fs, qs, _grams(g, qs)):
-                    if f is not None:
-                        f.lerp_(gram, s["1-sb"])
-                        try:
-                            q.copy_(eigenbasis(f))
-                        except torch.linalg.LinAlgError as e:  # inf/NaN statistics: the run diverged
-                            raise FloatingPointError(f"SOAP: the eigendecomposition of a {tuple(f.shape)} factor "
-                                                     f"failed ({e}); the gradients are not finite") from None
+                self._add_grams(g_whole, fs, qs, s)
+                work.append(((g, used_f, _set_up, used_q), used_q, None))
                 new.append(torch.zeros_like(g))
                 continue
-            g_rot = rotate(g, qs)
+            q_whole = [None if q is None else _dist.full(q) for q in qs]
+            g_rot = rotate(g_whole, q_whole)
             m.mul_(s["b1"]).add_(g, alpha=s["1-b1"])
-            v.mul_(s["b2"]).addcmul_(g_rot, g_rot, value=s["1-b2"])
-            new.append(rotate(rotate(m, qs) / (v.sqrt().add_(s["eps"])), qs, back=True).mul_(s["c_rotated"]))
-            for i, (f, q, gram) in enumerate(zip(fs, qs, _grams(g, qs))):
-                if f is None:
-                    continue
-                f.lerp_(gram, s["1-sb"])
-                if s["refresh"]:
-                    basis, perm = refresh_eigenbasis(f, q)
-                    q.copy_(basis)
-                    v.copy_(v.index_select(i, perm))
+            g_rot_part = _dist.part(g_rot, v)
+            _dist.local(v).mul_(s["b2"]).addcmul_(g_rot_part, g_rot_part, value=s["1-b2"])
+            v_whole = _dist.full(v)
+            d = rotate(rotate(_dist.full(m), q_whole) / (v_whole.sqrt().add_(s["eps"])), q_whole, back=True)
+            new.append(_dist.like(d.mul_(s["c_rotated"]), g))
+            self._add_grams(g_whole, fs, qs, s)
+            if s["refresh"]:
+                perms = [torch.empty(q.shape[0], dtype=torch.long, device=_dist.local(q).device) for q in used_q]
+                job = (g, used_f + [q_whole[i] for i in dims], _refreshed, used_q + perms)
+                work.append((job, used_q, (v, v_whole, dims)))
+        self._new_bases(work)
         u.replace(new, fresh=True)
+
+    def _add_grams(self, g, factors, bases, s) -> None:
+        """``L_i <- s L_i + (1 - s) G_(i) G_(i)^T`` from the whole gradient ``g`` (each rank
+        updates its own rows of a split factor)."""
+        for f, gram in zip(factors, _grams(g, bases)):
+            if f is not None:
+                _dist.local(f).lerp_(_dist.part(gram, f), s["1-sb"])
+
+    def _new_bases(self, work) -> None:
+        """Compute the jobs' bases once (see :func:`optimlab._dist.share_out`), store them (each
+        rank its rows) and, on a refresh, permute ``v`` along each dim as its basis' columns."""
+        results = _dist.share_out([job for job, _, _ in work])
+        for (_, qs, moment), ws in zip(work, results):
+            for q, w in zip(qs, ws):
+                _dist.local(q).copy_(_dist.part(w, q))
+            if moment is not None:
+                v, v_whole, dims = moment
+                for i, perm in zip(dims, ws[len(dims):]):
+                    v_whole = v_whole.index_select(i, perm)
+                _dist.local(v).copy_(_dist.part(v_whole, v))
 
     def after(self, u, s):
         if s["keep"] == 1.0:
