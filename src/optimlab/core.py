@@ -243,7 +243,8 @@ class Updates:
     transform reads ``updates``, or not at all when nothing does -- the descent step then
     divides as it writes, ``p <- p - lr * scale * num / den`` in one ``addcdiv`` pass (torch's
     own last line for these algorithms), instead of a division, a scaling and an axpy, each a
-    pass over memory and the first two a parameter-sized temporary.
+    pass over memory and the first two a parameter-sized temporary. A scaled update ``num *
+    scale`` (ASGD's ``eta``) is handed over the same way.
     """
 
     __slots__ = ("params", "grads", "_updates", "_ratio", "state", "names", "step", "_owned", "segments")
@@ -264,9 +265,12 @@ class Updates:
         if self._ratio is not None:  # evaluate a quotient handed over by replace_ratio
             num, den, scale = self._ratio
             self._ratio = None
-            self._updates = torch._foreach_div(num, den)
-            if scale is not None:
-                scale_(self._updates, scale)
+            if den is None:
+                self._updates = torch._foreach_mul(num, scale)
+            else:
+                self._updates = torch._foreach_div(num, den)
+                if scale is not None:
+                    scale_(self._updates, scale)
         return self._updates
 
     @updates.setter
@@ -287,9 +291,12 @@ class Updates:
         self.updates = new
         self._owned = fresh
 
-    def replace_ratio(self, num: list[Tensor], den: list[Tensor], scale: Scalar | None = None) -> None:
-        """Make ``num / den * scale`` the current updates, evaluated only if it is read (see the
-        class docstring). ``num`` and ``den`` must not change before the step is applied."""
+    def replace_ratio(self, num: list[Tensor], den: list[Tensor] | None, scale: Scalar | None = None) -> None:
+        """Make ``num / den * scale`` (``num * scale`` for ``den`` None) the current updates,
+        evaluated only if it is read (see the class docstring). ``num`` and ``den`` must not
+        change before the step is applied."""
+        if den is None and scale is None:
+            raise ValueError("replace_ratio needs a denominator or a scale")
         self._ratio, self._owned = (num, den, scale), True
 
     def apply(self, lr: Scalar | None) -> None:
@@ -298,7 +305,9 @@ class Updates:
         if self._ratio is not None and not isinstance(lr, Tensor) and not isinstance(self._ratio[2], Tensor):
             num, den, scale = self._ratio
             value = -(1.0 if lr is None else lr) * (1.0 if scale is None else scale)
-            if self.params:
+            if self.params and den is None:
+                torch._foreach_add_(self.params, num, alpha=value)
+            elif self.params:
                 torch._foreach_addcdiv_(self.params, num, den, value=value)
             return
         apply_updates(self.params, self.updates, lr)

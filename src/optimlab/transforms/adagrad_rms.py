@@ -175,8 +175,10 @@ class scale_by_adadelta(Transform):
     def update(self, u, s):
         v, d, g = u.state["square_avg"], u.state["acc_delta"], u.updates
         _ema_sq_(v, s, "rho", g)
-        rms_v = torch._foreach_sqrt(torch._foreach_add(v, s["eps"]))
-        delta = torch._foreach_sqrt(torch._foreach_add(d, s["eps"]))
+        rms_v = torch._foreach_add(v, s["eps"])
+        torch._foreach_sqrt_(rms_v)
+        delta = torch._foreach_add(d, s["eps"])
+        torch._foreach_sqrt_(delta)
         torch._foreach_div_(delta, rms_v)
         torch._foreach_mul_(delta, g)
         _ema_sq_(d, s, "rho", delta)

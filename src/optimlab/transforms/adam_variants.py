@@ -57,8 +57,7 @@ class scale_by_nadam(scale_by_adam):
         denom = self.moments(u, s)
         new = torch._foreach_mul(u.updates, s["c_grad"])
         axpy_(new, s["c_avg"], u.state["exp_avg"])
-        torch._foreach_div_(new, denom)
-        u.replace(new, fresh=True)
+        u.replace_ratio(new, denom)
 
 
 @dataclasses.dataclass(frozen=True)

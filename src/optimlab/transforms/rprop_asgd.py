@@ -85,9 +85,7 @@ class scale_by_asgd(Transform):
         return {"eta": eta, "lambd": lambd}
 
     def update(self, u, s):
-        new = axpy(u.updates, s["lambd"], u.params)
-        scale_(new, s["eta"])
-        u.replace(new, fresh=True)
+        u.replace_ratio(axpy(u.updates, s["lambd"], u.params), None, s["eta"])
 
 
 @dataclasses.dataclass(frozen=True)
