@@ -20,6 +20,11 @@ CASES = {
     "RMSprop": dict(momentum=0.5, centered=True),
     "Adagrad": dict(lr_decay=0.01),
     "Lion": dict(),
+    # host-side history (NAdam's momentum product, ASGD's eta and mu) as 0-d state tensors,
+    # updated in place; RAdam's rectification switch as a torch.where of the step count
+    "NAdam": dict(decoupled_weight_decay=True, weight_decay=0.01),
+    "ASGD": dict(t0=5),  # averaging starts within the 20 steps
+    "RAdam": dict(),  # rectified from step 6 on (beta2 = 0.999)
 }  # also measured by hand: Adam(amsgrad=True), Adamax, Adadelta, Rprop (one graph each; ~7 s a case)
 
 
@@ -51,11 +56,11 @@ def test_compiled_step_compiles_once(name):
 
 
 def test_host_history_steps_eagerly_inside_a_compiled_step():
-    """NAdam's momentum product is host-side history: that group runs eagerly (a graph break),
-    with the eager numbers exactly."""
+    """Schedule-free's averaging weights are float64 host-side history that it does not trace:
+    that group runs eagerly (a graph break), with the eager numbers exactly."""
     torch._dynamo.reset()
     w, v = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
-    opt, eager = optimlab.NAdam([w], lr=0.1), optimlab.NAdam([v], lr=0.1)
+    opt, eager = optimlab.ScheduleFreeAdamW([w], lr=0.1), optimlab.ScheduleFreeAdamW([v], lr=0.1)
     step = torch.compile(opt.step)
     for i in range(3):
         w.grad = torch.full((4,), float(i + 1))

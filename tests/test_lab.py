@@ -16,8 +16,9 @@ from optimlab.lab.tasks import TASKS, TEST_FUNCTIONS, breast_cancer_optimum, get
 
 
 def test_tasks_are_listed_with_targets():
-    for name in ["digits-cnn", "digits-mlp", "mnist1d-cnn", "mnist1d-mlp", "mnist1d-logreg", "breast-cancer-logreg",
-                 "char-lm", "noisy-quadratic", "rosenbrock", "beale", "rastrigin", "himmelblau", "styblinski-tang"]:
+    for name in ["digits-cnn", "digits-mlp", "mnist1d-cnn", "mnist1d-mlp", "mnist1d-gru", "mnist1d-logreg",
+                 "breast-cancer-logreg", "char-lm", "noisy-quadratic", "rosenbrock", "beale", "rastrigin", "himmelblau",
+                 "styblinski-tang"]:
         assert get_task(name).target is not None
     with pytest.raises(KeyError, match="did you mean digits-cnn"):
         get_task("digit-cnn")

@@ -48,24 +48,31 @@ from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, 
 
 __all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready", "constructor_options"]
 
+#: dtypes torch's fused kernels take
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def fused_ready(params, grads, states, move_steps: bool = True) -> bool:
     """Whether torch's fused kernels take this bucket: dense, contiguous (the kernels index
     parameters, gradients and state alike), real floating-point tensors on a device they support.
-    With ``move_steps``, the states' step counts are moved next to the parameters."""
+    With ``move_steps``, the states' step counts are moved next to the parameters. (One loop
+    with early exits: it runs every step, over every tensor.)"""
     p0 = params[0]
-    if p0.device.type not in _FUSED_DEVICES or p0.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    device, dtype = p0.device, p0.dtype
+    if device.type not in _FUSED_DEVICES or dtype not in _FUSED_DTYPES:
         return False
-    if any(p.is_complex() or p.device != p0.device or p.dtype != p0.dtype or not p.is_contiguous() for p in params):
-        return False
-    if any(g.is_sparse or g.dtype != p0.dtype or g.device != p0.device or not g.is_contiguous() for g in grads):
-        return False
-    if not all(v.is_contiguous() for st in states for v in st.values() if isinstance(v, torch.Tensor)):
-        return False
+    for p, g, st in zip(params, grads, states):
+        if (p.dtype != dtype or g.dtype != dtype or g.is_sparse or not p.is_contiguous() or not g.is_contiguous()
+                or p.device != device or g.device != device):
+            return False
+        for v in st.values():
+            if isinstance(v, torch.Tensor) and v.dim() and not v.is_contiguous():
+                return False
     if move_steps:
         for st in states:  # torch's fused kernels keep the step count as float32 on the device
             t = st["step"]
-            if t.device != p0.device or t.dtype != torch.float32:
-                st["step"] = t.to(device=p0.device, dtype=torch.float32)
+            if t.device != device or t.dtype != torch.float32:
+                st["step"] = t.to(device=device, dtype=torch.float32)
     return True
 
 EXTRA_DEFAULTS: dict[str, Any] = {

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ..core import axpy_, stored_like_torch
+from ..core import axpy_, stored_like_torch, traced_host
 from .adam import scale_by_adam
 
 __all__ = ["scale_by_nadam", "scale_by_radam"]
@@ -37,6 +37,7 @@ class scale_by_nadam(scale_by_adam):
     momentum_decay_key: str = "momentum_decay"
     hyperparameters = ("betas", "eps", "momentum_decay")
     host_keys = ("mu_product",)
+    traces_host = True
 
     def init(self, p, group):
         return {**super().init(p, group), "mu_product": 1.0}
@@ -45,7 +46,10 @@ class scale_by_nadam(scale_by_adam):
         s = super().scalars(group, step, host)
         b1, psi = s["b1"], group[self.momentum_decay_key]
         mu, mu_next = (b1 * (1.0 - 0.5 * 0.96 ** (t * psi)) for t in (step, step + 1))
-        if isinstance(host["mu_product"], torch.Tensor):  # differentiable=True: the product stays on the graph
+        traced = traced_host(host, "mu_product")
+        if traced is not None:  # torch.compile(opt.step): the state's tensor, in place
+            prod = traced.mul_(mu)
+        elif isinstance(host["mu_product"], torch.Tensor):  # differentiable=True: the product stays on the graph
             prod = host["mu_product"] = host["mu_product"] * mu
         else:  # torch multiplies in the state's dtype: mu is rounded to it first
             prod = host["mu_product"] = stored_like_torch(float(host["mu_product"]) * stored_like_torch(mu))
@@ -77,6 +81,17 @@ class scale_by_radam(scale_by_adam):
         s = super().scalars(group, step, host)
         b2 = s["b2"]
         rho_inf = 2.0 / (1.0 - b2) - 1.0
+        if isinstance(step, torch.Tensor):  # a tensor step count (a traced step): no branch on its value
+            # 1 - b2^t by expm1: in the step's float32, 1 - b2**t loses ~5 digits early on, which
+            # the rectifier (near rho = 5) would amplify tenfold
+            bc2 = -torch.expm1(step * math.log(b2))
+            rho = rho_inf - 2.0 * step * (1.0 - bc2) / bc2
+            on = rho > 5.0
+            rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)).clamp_min(0.0).sqrt()
+            s["1/bc1"] = torch.where(on, s["1/bc1"] * rect, s["1/bc1"])
+            s["eps"] = torch.where(on, s["eps"] * s["1/sqrt(bc2)"], 1.0)
+            s["1/sqrt(bc2)"] = torch.where(on, s["1/sqrt(bc2)"], 0.0)
+            return s
         rho = rho_inf - 2.0 * step * b2**step / (1.0 - b2**step)
         if rho > 5.0:
             rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))

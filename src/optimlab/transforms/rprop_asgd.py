@@ -25,7 +25,7 @@ import dataclasses
 
 import torch
 
-from ..core import Transform, axpy, axpy_, scale_, stored_like_torch
+from ..core import Transform, axpy, axpy_, scale_, stored_like_torch, traced_host
 
 __all__ = ["scale_by_rprop", "scale_by_asgd", "polyak_average"]
 
@@ -74,11 +74,17 @@ class scale_by_asgd(Transform):
     alpha_key: str = "alpha"
     hyperparameters = ("lr", "lambd", "alpha")
     host_keys = ("eta",)
+    traces_host = True
 
     def init(self, p, group):
         return {"eta": stored_like_torch(float(group[self.lr_key]))}
 
     def scalars(self, group, step, host):
+        traced = traced_host(host, "eta")
+        if traced is not None:  # torch.compile(opt.step): the state's tensor, in place (lr may be a tensor)
+            lr, lambd, eta = group[self.lr_key], group[self.lambd_key], traced.clone()
+            traced.copy_(lr / (1.0 + lambd * lr * step) ** group[self.alpha_key])
+            return {"eta": eta, "lambd": lambd}
         lr, lambd = float(group[self.lr_key]), group[self.lambd_key]
         eta = float(host["eta"])
         host["eta"] = stored_like_torch(lr / (1.0 + lambd * lr * step) ** group[self.alpha_key])
@@ -97,12 +103,18 @@ class polyak_average(Transform):
     t0_key: str = "t0"
     hyperparameters = ("t0",)
     host_keys = ("mu",)
+    traces_host = True
     has_after = True
 
     def init(self, p, group):
         return {"ax": torch.zeros_like(p, memory_format=torch.preserve_format), "mu": 1.0}
 
     def scalars(self, group, step, host):
+        traced = traced_host(host, "mu")
+        if traced is not None:  # torch.compile(opt.step): the state's tensor, in place
+            mu = traced.clone()
+            traced.copy_(1.0 / (step - group[self.t0_key]).clamp_min(1.0))
+            return {"keep": 1.0 - mu, "mu": mu}
         mu = float(host["mu"])
         host["mu"] = stored_like_torch(1.0 / max(1.0, step - group[self.t0_key]))
         return {"keep": 1.0 - mu, "mu": mu}
