@@ -5,6 +5,7 @@ the suggestion checked against a sweep on real tasks, and the CLI."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -377,3 +378,26 @@ def test_compare_lr_auto_uses_the_finder(tmp_path, capsys):
     assert len(auto) == 1 and "adam:lr=0.1" in labels
     lr = float(auto[0].split("=")[1])
     assert f"sgd lr={lr:g} (LR finder" in captured.err and 1 < lr < 30
+
+
+def test_lr_auto_tries_a_longer_range_test_then_the_default(monkeypatch):
+    """A slow starter gets a longer range test; where none finds a rate, the optimizer's default
+    lr is used and the message says so (the compare goes on instead of stopping)."""
+    from optimlab.cli import lr_find as cli_lr_find
+    from optimlab.lab import sweep
+
+    calls = []
+
+    def fake(task, optimizer, batch_size="task", steps=100):
+        calls.append((optimizer, steps))
+        found = 0.05 if optimizer.startswith("sgd") and steps == cli_lr_find.AUTO_STEPS[-1] else None
+        return sweep.LRFindSummary(task, optimizer, "valley", found, {}, {}, [])
+
+    monkeypatch.setattr(sweep, "lr_find_task", fake)
+    log = io.StringIO()
+    out = cli_lr_find.found_lrs("digits-cnn", ["sgd:momentum=0.9", "adam", "rmsprop:lr=0.1"], log=log)
+    assert out == ["sgd:momentum=0.9,lr=0.05", f"adam:lr={optimlab.REGISTRY['adam'].defaults['lr']:g}", "rmsprop:lr=0.1"]
+    assert calls == [("sgd:momentum=0.9", 100), ("sgd:momentum=0.9", 400), ("adam", 100), ("adam", 400)]
+    err = log.getvalue()
+    assert "sgd:momentum=0.9 lr=0.05 (LR finder, valley, 400-step range test)" in err
+    assert "adam lr=0.001 (its default: the LR finder found none in 400 steps" in err
