@@ -47,7 +47,9 @@ def add_parser(sub) -> None:
                         "names: `optimlab optimizers` "
                         f"(default {DEFAULT_OPTIMIZERS})")
     p.add_argument("--lr", choices=["auto"], help="auto: each optimizer given without lr= gets the LR finder's "
-                                                  "suggestion on the task (see `optimlab lr-find`)")
+                                                  "suggestion on the task (see `optimlab lr-find`; a 400-step "
+                                                  "range test where 100 steps find none, else its default lr, "
+                                                  "said so)")
     p.add_argument("--seeds", type=positive_int, default=5, metavar="N",
                    help="evaluation seeds per optimizer and protocol, 0..N-1 (default 5)")
     p.add_argument("--trials", type=_trials, default=8, metavar="N",
