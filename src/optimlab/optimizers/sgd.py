@@ -54,14 +54,17 @@ class SGD(Optimizer):
         def step(params, grads, states, count):
             if not fused_ready(params, grads, states, move_steps=False):  # SGD keeps no step count
                 return False
-            bufs = [st.get("momentum_buffer") if count > 0 else None for st in states] if momentum else [None] * len(params)
+            # count None: every parameter has stepped before (its buffer exists); the caller advances the counts
+            started = count is None or count > 0
+            bufs = [st.get("momentum_buffer") if started else None for st in states] if momentum else [None] * len(params)
             fused_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"], momentum=momentum,
                                 lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
                                 maximize=group["maximize"])
             if momentum:
                 for st, buf in zip(states, bufs):
                     st["momentum_buffer"] = buf
-            self._set_steps(params, states, count + 1)
+            if count is not None:
+                self._set_steps(params, states, count + 1)
             return True
 
         return step
