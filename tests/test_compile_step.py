@@ -25,6 +25,15 @@ CASES = {
     "NAdam": dict(decoupled_weight_decay=True, weight_decay=0.01),
     "ASGD": dict(t0=5),  # averaging starts within the 20 steps
     "RAdam": dict(),  # rectified from step 6 on (beta2 = 0.999)
+    "Adafactor": dict(),
+    # modern elementwise ones: bias corrections, ADOPT's first step, Adan's first difference and
+    # AdEMAMix's warm-up as tensor maths of the count
+    "AdaBelief": dict(),
+    "Adan": dict(),
+    "AdEMAMix": dict(t_alpha_beta3=10),
+    "ADOPT": dict(),
+    "MADGRAD": dict(),
+    "Yogi": dict(),
 }  # also measured by hand: Adam(amsgrad=True), Adamax, Adadelta, Rprop (one graph each; ~7 s a case)
 
 

@@ -56,8 +56,10 @@ class scale_by_madgrad(Transform):
         return {"grad_sum_sq": zeros, "s": zeros.clone(), "x0": p.detach().clone(memory_format=torch.preserve_format)}
 
     def scalars(self, group, step, host):
-        eps = group[self.eps_key]
-        return {"lamb": (float(group[self.lr_key]) + eps) * math.sqrt(step), "eps": eps,
+        eps, lr = group[self.eps_key], group[self.lr_key]
+        if isinstance(step, torch.Tensor):  # a traced step: tensor maths (lr may be a tensor too)
+            return {"lamb": (lr + eps) * step.sqrt(), "eps": eps, "1-mom": 1.0 - group[self.momentum_key]}
+        return {"lamb": (float(lr) + eps) * math.sqrt(step), "eps": eps,
                 "1-mom": 1.0 - group[self.momentum_key]}
 
     def update(self, u, s):

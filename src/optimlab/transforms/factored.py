@@ -135,6 +135,9 @@ class scale_by_param_rms(Transform):
         return (self.eps_key, self.lr_key)
 
     def scalars(self, group, step, host):
+        if isinstance(step, torch.Tensor):  # a traced step: min(1, 1 / (lr sqrt(t))) without a branch
+            lr_sqrt_t = group[self.lr_key] * step.sqrt()
+            return {"eps2": group[self.eps_key][1], "rho/lr": lr_sqrt_t.clamp_min(1.0).reciprocal()}
         lr_sqrt_t = float(group[self.lr_key]) * step**0.5
         return {"eps2": group[self.eps_key][1], "rho/lr": 1.0 if lr_sqrt_t <= 1.0 else 1.0 / lr_sqrt_t}
 

@@ -72,6 +72,12 @@ def _betas(group, key):
     return [float(b) for b in group[key]]
 
 
+def _inv_sqrt_bc(b: float, step):
+    """``1 / sqrt(1 - b^t)``: a float for a step count that is a number, a 0-d tensor for one
+    that is a tensor (``torch.compile(opt.step)`` traces the step: no guard on its value)."""
+    return (1.0 - b**step).rsqrt() if isinstance(step, torch.Tensor) else 1.0 / math.sqrt(1.0 - b**step)
+
+
 @dataclasses.dataclass(frozen=True)
 class scale_by_belief(Transform):
     """AdaBelief's moments. ``eps`` is added inside the second moment and to the denominator (the
@@ -89,7 +95,7 @@ class scale_by_belief(Transform):
     def scalars(self, group, step, host):
         b1, b2 = _betas(group, self.betas_key)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "1/bc1": 1.0 / (1.0 - b1**step),
-                "1/sqrt(bc2)": 1.0 / math.sqrt(1.0 - b2**step), "eps": group[self.eps_key]}
+                "1/sqrt(bc2)": _inv_sqrt_bc(b2, step), "eps": group[self.eps_key]}
 
     def update(self, u, s):
         m, var, g = u.state["exp_avg"], u.state["exp_avg_var"], u.updates
@@ -123,7 +129,7 @@ class scale_by_yogi(Transform):
     def scalars(self, group, step, host):
         b1, b2 = _betas(group, self.betas_key)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2-1": b2 - 1.0, "1/bc1": 1.0 / (1.0 - b1**step),
-                "1/sqrt(bc2)": 1.0 / math.sqrt(1.0 - b2**step), "eps": group[self.eps_key]}
+                "1/sqrt(bc2)": _inv_sqrt_bc(b2, step), "eps": group[self.eps_key]}
 
     def update(self, u, s):
         m, v, g = u.state["exp_avg"], u.state["exp_avg_sq"], u.updates
@@ -155,9 +161,9 @@ class scale_by_adan(Transform):
     def scalars(self, group, step, host):
         b1, b2, b3 = _betas(group, self.betas_key)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "b3": b3, "1-b3": 1.0 - b3,
-                "has_prev": 0.0 if step == 1 else 1.0,  # d_1 = 0
+                "has_prev": (step > 1).to(step.dtype) if isinstance(step, torch.Tensor) else float(step > 1),  # d_1 = 0
                 "1/bc1": 1.0 / (1.0 - b1**step), "b2/bc2": b2 / (1.0 - b2**step),
-                "1/sqrt(bc3)": 1.0 / math.sqrt(1.0 - b3**step), "eps": group[self.eps_key]}
+                "1/sqrt(bc3)": _inv_sqrt_bc(b3, step), "eps": group[self.eps_key]}
 
     def update(self, u, s):
         st, g = u.state, u.updates
@@ -199,11 +205,15 @@ class scale_by_adopt(Transform):
 
     def scalars(self, group, step, host):
         b1, b2 = _betas(group, self.betas_key)
-        if step == 1:  # v_1 = g^2, m_1 = m_0: no step yet
+        if isinstance(step, torch.Tensor):  # a traced step: no branch on the count's value
+            first = step == 1
+            b1, b2 = torch.where(first, 1.0, b1), torch.where(first, 0.0, b2)
+        elif step == 1:  # v_1 = g^2, m_1 = m_0: no step yet
             b1, b2 = 1.0, 0.0
         s = {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "eps": group[self.eps_key]}
         if self.clip:
-            c = float(group[self.clip_key](step - 1))
+            c = group[self.clip_key](step - 1)
+            c = c if isinstance(c, torch.Tensor) else float(c)
             s["c"], s["-c"] = c, -c
         return s
 
@@ -238,13 +248,18 @@ class scale_by_ademamix(Transform):
     def scalars(self, group, step, host):
         b1, b2, b3 = _betas(group, self.betas_key)
         alpha, warmup = float(group[self.alpha_key]), group.get(self.warmup_key)
-        if warmup:  # the paper's schedulers: alpha grows linearly, b3 so that 1/(1 - b3) does
+        if warmup and isinstance(step, torch.Tensor):  # the same, traced: tensor maths of the count
+            r = step.clamp_max(warmup) / warmup
+            alpha = alpha * r
+            if 0.0 < b1 and b3 > 0.0:
+                b3 = torch.exp(math.log(b1) * math.log(b3) / ((1 - r) * math.log(b3) + r * math.log(b1))).clamp_max(b3)
+        elif warmup:  # the paper's schedulers: alpha grows linearly, b3 so that 1/(1 - b3) does
             r = min(step, warmup) / warmup
             alpha *= r
             if 0.0 < b1 and b3 > 0.0:
                 b3 = min(math.exp(math.log(b1) * math.log(b3) / ((1 - r) * math.log(b3) + r * math.log(b1))), b3)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "b3": b3, "1-b3": 1.0 - b3,
-                "1/bc1": 1.0 / (1.0 - b1**step), "1/sqrt(bc2)": 1.0 / math.sqrt(1.0 - b2**step),
+                "1/bc1": 1.0 / (1.0 - b1**step), "1/sqrt(bc2)": _inv_sqrt_bc(b2, step),
                 "alpha": alpha, "eps": group[self.eps_key]}
 
     def update(self, u, s):
