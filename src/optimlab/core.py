@@ -884,7 +884,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                     for k, v in t.init(p, group).items():
                         st.setdefault(k, v)
             for t in chain:  # host-side history as the 0-d tensors the eager path keeps after a step
-                for k in t.host_keys:
+                for k in t.host_keys if t.traces_host else ():
                     if not isinstance(st.get(k), Tensor):
                         st[k] = torch.tensor(float(st[k]), dtype=step_dtype())
             if not self.state_step and not isinstance(self._counts[p], Tensor):
