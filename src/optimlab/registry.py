@@ -70,6 +70,13 @@ class OptimizerSpec:
     summary: str = ""
     search_space: dict[str, Dim | None] | None = None
 
+    @property
+    def default_lr(self) -> float | None:
+        """The constructor's default ``lr`` where it is a positive number (None: no default, or
+        a schedule/tensor the lab cannot scale)."""
+        lr = self.defaults.get("lr")
+        return lr if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else None
+
     def space(self) -> dict[str, Dim]:
         """Where the lab's tuning searches (Choi et al. 2019 search spaces, in shape): ``lr``
         log-uniform from 1/100 to 100 times the default; ``momentum`` -- β1 for optimizers with
@@ -78,8 +85,8 @@ class OptimizerSpec:
         then adjusted by ``search_space``."""
         d = self.defaults
         out: dict[str, Dim | None] = {}
-        lr = d.get("lr")
-        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0:
+        lr = self.default_lr
+        if lr is not None:
             out["lr"] = Dim(lr / 100, lr * 100)
         if "momentum" in d or "betas" in d:
             out["momentum"] = Dim(0.0, 0.999, "log1m")

@@ -78,8 +78,8 @@ def found_lrs(task: str, optimizers: list[str], batch_size="task", log=sys.stder
             lr = float(f"{found.suggested_lr:.3g}")
             how = f"LR finder, {found.rule}, {steps}-step range test"
         else:
-            lr = registry._spec(name).defaults.get("lr")
-            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+            lr = registry._spec(name).default_lr
+            if lr is None:
                 raise ValueError(f"the LR finder found no learning rate for {text!r} on {task} and the optimizer has "
                                  "no default lr; give one (lr=...)")
             how = (f"its default: the LR finder found none in {AUTO_STEPS[-1]} steps -- see `optimlab lr-find "

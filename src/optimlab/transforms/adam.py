@@ -26,6 +26,12 @@ def _zeros(p):
     return torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def inv_sqrt_bias_correction(b: float, step):
+    """``1 / sqrt(1 - b^t)``: a float for a step count that is a number, a 0-d tensor for one that
+    is a tensor (a traced step: ``math.sqrt`` would read the count back to the host and guard on it)."""
+    return (1.0 - b**step).rsqrt() if isinstance(step, torch.Tensor) else 1.0 / math.sqrt(1.0 - b**step)
+
+
 @dataclasses.dataclass(frozen=True)
 class scale_by_adam(Transform):
     """Adam's bias-corrected first and second moments. State: ``exp_avg``, ``exp_avg_sq``
@@ -56,8 +62,7 @@ class scale_by_adam(Transform):
             "b2": b2,
             "1-b2": 1.0 - b2,
             "1/bc1": 1.0 / (1.0 - b1**step),
-            # a traced step's count is a 0-d tensor (math.sqrt would read it back to the host)
-            "1/sqrt(bc2)": (1.0 - b2**step).rsqrt() if isinstance(step, torch.Tensor) else 1.0 / math.sqrt(1.0 - b2**step),
+            "1/sqrt(bc2)": inv_sqrt_bias_correction(b2, step),
             "eps": group[self.eps_key],
         }
 

@@ -45,6 +45,7 @@ import math
 import torch
 
 from ..core import Transform, axpy, axpy_, scale_
+from .adam import inv_sqrt_bias_correction
 
 __all__ = ["scale_by_belief", "scale_by_yogi", "scale_by_adan", "scale_by_adopt", "adopt_clip_lambda",
            "scale_by_ademamix"]
@@ -72,12 +73,6 @@ def _betas(group, key):
     return [float(b) for b in group[key]]
 
 
-def _inv_sqrt_bc(b: float, step):
-    """``1 / sqrt(1 - b^t)``: a float for a step count that is a number, a 0-d tensor for one
-    that is a tensor (``torch.compile(opt.step)`` traces the step: no guard on its value)."""
-    return (1.0 - b**step).rsqrt() if isinstance(step, torch.Tensor) else 1.0 / math.sqrt(1.0 - b**step)
-
-
 @dataclasses.dataclass(frozen=True)
 class scale_by_belief(Transform):
     """AdaBelief's moments. ``eps`` is added inside the second moment and to the denominator (the
@@ -95,7 +90,7 @@ class scale_by_belief(Transform):
     def scalars(self, group, step, host):
         b1, b2 = _betas(group, self.betas_key)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "1/bc1": 1.0 / (1.0 - b1**step),
-                "1/sqrt(bc2)": _inv_sqrt_bc(b2, step), "eps": group[self.eps_key]}
+                "1/sqrt(bc2)": inv_sqrt_bias_correction(b2, step), "eps": group[self.eps_key]}
 
     def update(self, u, s):
         m, var, g = u.state["exp_avg"], u.state["exp_avg_var"], u.updates
@@ -129,7 +124,7 @@ class scale_by_yogi(Transform):
     def scalars(self, group, step, host):
         b1, b2 = _betas(group, self.betas_key)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2-1": b2 - 1.0, "1/bc1": 1.0 / (1.0 - b1**step),
-                "1/sqrt(bc2)": _inv_sqrt_bc(b2, step), "eps": group[self.eps_key]}
+                "1/sqrt(bc2)": inv_sqrt_bias_correction(b2, step), "eps": group[self.eps_key]}
 
     def update(self, u, s):
         m, v, g = u.state["exp_avg"], u.state["exp_avg_sq"], u.updates
@@ -163,7 +158,7 @@ class scale_by_adan(Transform):
         return {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "b3": b3, "1-b3": 1.0 - b3,
                 "has_prev": (step > 1).to(step.dtype) if isinstance(step, torch.Tensor) else float(step > 1),  # d_1 = 0
                 "1/bc1": 1.0 / (1.0 - b1**step), "b2/bc2": b2 / (1.0 - b2**step),
-                "1/sqrt(bc3)": _inv_sqrt_bc(b3, step), "eps": group[self.eps_key]}
+                "1/sqrt(bc3)": inv_sqrt_bias_correction(b3, step), "eps": group[self.eps_key]}
 
     def update(self, u, s):
         st, g = u.state, u.updates
@@ -259,7 +254,7 @@ class scale_by_ademamix(Transform):
             if 0.0 < b1 and b3 > 0.0:
                 b3 = min(math.exp(math.log(b1) * math.log(b3) / ((1 - r) * math.log(b3) + r * math.log(b1))), b3)
         return {"b1": b1, "1-b1": 1.0 - b1, "b2": b2, "1-b2": 1.0 - b2, "b3": b3, "1-b3": 1.0 - b3,
-                "1/bc1": 1.0 / (1.0 - b1**step), "1/sqrt(bc2)": _inv_sqrt_bc(b2, step),
+                "1/bc1": 1.0 / (1.0 - b1**step), "1/sqrt(bc2)": inv_sqrt_bias_correction(b2, step),
                 "alpha": alpha, "eps": group[self.eps_key]}
 
     def update(self, u, s):
