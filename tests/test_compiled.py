@@ -38,12 +38,13 @@ def train(net, opt, steps, *, none_grads=False, change=None, set_to_none=True):
 
 
 def triple(cls, groups, **kwargs):
-    """The same net three times: compiled optimlab, eager optimlab, torch.optim. The eager one
-    runs the chain itself (``fused=False``), not torch's fused kernel that plain Adam, AdamW, SGD
-    and Adagrad call by default."""
+    """The same net three times: compiled optimlab, eager optimlab, torch.optim. Ours run the
+    chain itself (``fused=False``), not torch's fused kernel that plain Adam, AdamW, SGD and
+    Adagrad call by default and under ``compile=True``."""
     nets = [make_net(F64) for _ in range(3)]
-    ours = getattr(optimlab, cls)(split_groups(list(nets[0].parameters()), groups), compile=True, **kwargs)
     chain_only = {"fused": False} if cls in ("Adam", "AdamW", "SGD", "Adagrad") else {}
+    ours = getattr(optimlab, cls)(split_groups(list(nets[0].parameters()), groups), compile=True, **kwargs,
+                                  **chain_only)
     eager = getattr(optimlab, cls)(split_groups(list(nets[1].parameters()), groups), **kwargs, **chain_only)
     theirs = getattr(torch.optim, cls)(split_groups(list(nets[2].parameters()), groups), **kwargs)
     return nets, (ours, eager, theirs)
@@ -83,10 +84,10 @@ def test_no_recompile_when_hyperparameters_change():
 
 def test_state_dict_round_trip_is_bit_exact():
     net_a = make_net(F64)
-    opt_a = optimlab.Adam(net_a.parameters(), lr=0.01, compile=True)
+    opt_a = optimlab.Adam(net_a.parameters(), lr=0.01, compile=True, fused=False)
     train(net_a, opt_a, 5)
     net_b = copy.deepcopy(net_a)
-    opt_b = optimlab.Adam(net_b.parameters(), lr=0.01, compile=True)
+    opt_b = optimlab.Adam(net_b.parameters(), lr=0.01, compile=True, fused=False)
     sd = copy.deepcopy(opt_a.state_dict())
     opt_b.load_state_dict(sd)
     # the state dict looks like the eager one: per-parameter tensors shaped like the parameter
@@ -137,7 +138,7 @@ def test_layerwise_state_dict_round_trip_is_bit_exact(cls):
 def test_flat_layout_and_grad_semantics():
     net = make_net(F64)
     ref = copy.deepcopy(net)
-    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True)
+    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, fused=False)
     opt_ref = optimlab.Adam(ref.parameters(), lr=0.01)
     train(net, opt, 2)
     train(ref, opt_ref, 2)
@@ -186,7 +187,7 @@ def test_flat_layout_and_grad_semantics():
 def test_chain_change_mid_run_rebuilds():
     """momentum 0 -> 0.9 switches a transform (and its state) on: same numbers as eager."""
     net, ref = make_net(F64), make_net(F64)
-    opt = optimlab.SGD(net.parameters(), lr=0.05, compile=True)
+    opt = optimlab.SGD(net.parameters(), lr=0.05, compile=True, fused=False)
     opt_ref = optimlab.SGD(ref.parameters(), lr=0.05)
     train(net, opt, 6, change={"momentum": 0.9})
     train(ref, opt_ref, 6, change={"momentum": 0.9})
@@ -199,7 +200,7 @@ def test_grad_accumulation_compiled_and_fused_flag():
     """Accumulated steps on the compiled path, and ``fused=True`` (torch's fused kernel for plain
     Adam, the flat engine where optimlab's extras are on) with the same numbers."""
     net, ref, fused, extra = make_net(F64), make_net(F64), make_net(F64), make_net(F64)
-    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, accumulate_steps=2)
+    opt = optimlab.Adam(net.parameters(), lr=0.01, compile=True, fused=False, accumulate_steps=2)
     opt_ref = optimlab.Adam(ref.parameters(), lr=0.01, accumulate_steps=2, fused=False)
     opt_fused = optimlab.Adam(fused.parameters(), lr=0.01, fused=True, accumulate_steps=2)
     opt_extra = optimlab.Adam(extra.parameters(), lr=0.01, fused=True, accumulate_steps=2, l2=1e-12)
@@ -327,11 +328,40 @@ def test_masked_chains_compile_and_respect_the_mask(cls, kwargs):
     assert rel_err(nets[0].parameters(), nets[2].parameters()) > 1e-6  # (the mask changes the run)
 
 
+@pytest.mark.parametrize("cls", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_compile_true_runs_torch_fused_kernel_where_the_chain_is_one(cls, caplog):
+    """compile=True on a chain that is exactly torch's fused kernel runs that kernel (bit for
+    bit torch's fused=True; no flat buffers, nothing compiled) and says so once at INFO;
+    fused=False compiles the chain instead."""
+    torch.manual_seed(0)
+    kw = dict(lr=0.01, momentum=0.9) if cls == "SGD" else dict(lr=0.01)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 32), (32,), (7, 3, 5)]]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = getattr(optimlab, cls)(params, compile=True, **kw)
+    theirs = getattr(torch.optim, cls)(copies, fused=True, **kw)
+    with caplog.at_level("INFO", logger="optimlab"):
+        for _ in range(5):
+            grads = [torch.randn_like(p) for p in params]
+            for ps, opt in ((params, ours), (copies, theirs)):
+                for p, g in zip(ps, grads):
+                    p.grad = g.clone()
+                opt.step()
+    assert not flat_buckets(ours)
+    for a, b in zip(params, copies):
+        assert torch.equal(a, b)
+    said = [r.getMessage() for r in caplog.records if "fused kernel" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{cls}(compile=True)")
+    compiled = getattr(optimlab, cls)([torch.nn.Parameter(torch.randn(8, 8))], compile=True, fused=False, **kw)
+    compiled.param_groups[0]["params"][0].grad = torch.randn(8, 8)
+    compiled.step()
+    assert flat_buckets(compiled)
+
+
 def test_float32_matches_torch_fused():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 32), (32,), (7, 3, 5), ()]]
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    ours = optimlab.AdamW(params, lr=0.01, compile=True)
+    ours = optimlab.AdamW(params, lr=0.01, compile=True, fused=False)
     theirs = torch.optim.AdamW(copies, lr=0.01, fused=True)
     for step in range(20):
         grads = [torch.randn_like(p) for p in params]
@@ -364,7 +394,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     torch._dynamo.reset()
     net, ref = make_net(F64), make_net(F64)
     opt = optimlab.NAdam(net.parameters(), lr=0.01, compile=True) if hasattr(optimlab, "NAdam") else \
-        optimlab.Adam(net.parameters(), lr=0.01, compile=True)
+        optimlab.Adam(net.parameters(), lr=0.01, compile=True, fused=False)
     opt_ref = type(opt)(ref.parameters(), lr=0.01)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -388,6 +418,8 @@ def test_registry_compiled_matches_eager(name):
     params = [p for p in net.parameters() if p.ndim == 2] if name == "muon" else list(net.parameters())
     ref_params = [p for p in ref.parameters() if p.ndim == 2] if name == "muon" else list(ref.parameters())
     opt = spec.cls(params, compile=True)
+    if getattr(opt, "native", lambda g: None)(opt.param_groups[0]) is not None:
+        opt = spec.cls(params, compile=True, fused=False)  # torch's kernel would run: compile the chain
     opt_ref = spec.cls(ref_params)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed compilation warns: fail instead
@@ -395,5 +427,5 @@ def test_registry_compiled_matches_eager(name):
     train(ref, opt_ref, 12, none_grads=True)
     assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
     inner = getattr(opt, "optimizer", opt)  # (Lookahead: the optimizer it wraps)
-    if _flat._chain_ok(inner._chain(inner.param_groups[0])):
+    if _flat._chain_ok(inner._chain(inner.param_groups[0])) and inner.native(inner.param_groups[0]) is None:
         assert flat_buckets(inner), f"{name}: its chain can run on flat buffers, but was not compiled"

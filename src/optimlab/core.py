@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import math
 import re
 import struct
@@ -65,6 +66,8 @@ __all__ = [
     "check_betas",
     "check_int",
 ]
+
+_log = logging.getLogger("optimlab")
 
 Scalar = float | Tensor  # a Python float (eager path) or a 0-d tensor (compiled path)
 
@@ -498,6 +501,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._micro = 0  # micro-steps accumulated so far (accumulate_steps > 1)
         self._step_info: dict[str, Any] = {}  # per-step values shared by all groups
         self._last_chains: dict[int, tuple] = {}  # id(group) -> the chain its state was made for
+        self._said_native = False  # compile=True met torch's fused kernel (said once, at INFO)
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
         if self._precision is not None:
             self._precision.check(self)
@@ -584,6 +588,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("compile", False)
+        self.__dict__.setdefault("_said_native", False)
         for k in ("state_dtype", "state_bits", "param_rounding", "_precision"):
             self.__dict__.setdefault(k, None)
         self.__dict__.setdefault("_micro", 0)
@@ -933,10 +938,16 @@ class ChainOptimizer(torch.optim.Optimizer):
             return self._traced_step_group(group)
         if group.get("fused"):
             _check_fused(group)
-        # torch's fused kernel where it is the same algorithm, unless the compiled path was asked
-        # for; low-precision options run on the eager path (the kernels hold full precision)
+        # torch's fused kernel where it is the same algorithm -- also under compile=True: it is
+        # one pass over memory already, and no slower than the compiled kernel on any layout
+        # (README, "Speed"); fused=False asks for the compiled kernel. Low-precision options run
+        # on the eager path (the kernels hold full precision)
         lowp = self._precision
-        native = None if self.compile is True or group.get("differentiable") or lowp else self.native(group)
+        native = None if group.get("differentiable") or lowp else self.native(group)
+        if native is not None and self.compile is True and not self._said_native:
+            self._said_native = True
+            _log.info("%s(compile=True): the chain is torch's fused kernel; that kernel runs the step, "
+                      "nothing is compiled (fused=False compiles the chain)", type(self).__name__)
         if (native is None and lowp is None and (self.compile is not False or group.get("fused"))
                 and not group.get("differentiable")):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager

@@ -136,7 +136,7 @@ def test_shared_storage_stays_eager():
     buf = torch.zeros(8)
     a, b = torch.nn.Parameter(buf[:4].view(4)), torch.nn.Parameter(buf[4:].view(4))
     a.data, b.data = buf[:4], buf[4:]
-    opt = optimlab.AdamW([a, b], lr=0.1, compile=True)
+    opt = optimlab.AdamW([a, b], lr=0.1, compile=True, fused=False)
     a.grad, b.grad = torch.ones(4), torch.ones(4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -24,7 +24,9 @@ Options (param-group hyperparameters; each group may set its own):
 Whole-optimizer options (constructor keywords): ``accumulate_steps=k`` (update once every k
 calls to ``step``, with the mean of the k gradients), ``skip_nonfinite=True`` (skip a step whose
 gradients contain inf/NaN and count it in ``optimizer.skipped_steps``), ``compile`` (run the
-chain as one compiled kernel over flat buffers; ``None`` = automatically for large groups),
+chain as one compiled kernel over flat buffers; ``None`` = automatically for large groups; a
+plain Adam, AdamW, SGD or Adagrad group runs torch's fused kernel instead, which is that one
+pass already, unless ``fused=False``),
 ``process_group`` (where the optimizer holds a shard of plain tensors: the ranks over which
 ``clip_grad_norm``, ``skip_nonfinite`` and Prodigy's/D-Adapt's sums add up; found automatically
 under ``ZeroRedundancyOptimizer`` and for FSDP2's DTensors, see :mod:`optimlab._dist`),
@@ -190,6 +192,10 @@ class Optimizer(ChainOptimizer):
         """True when the group uses none of the options above (nor a tensor hyperparameter, nor
         flags torch's fused kernels refuse): its step is then exactly torch's algorithm."""
         if group["fused"] is False or group.get("capturable") or group.get("differentiable"):
+            return False
+        # a device the kernels do not run on (compile=True then compiles the chain instead)
+        p0 = group["params"][0] if group["params"] else None
+        if p0 is not None and (p0.device.type not in _FUSED_DEVICES or p0.dtype not in _FUSED_DTYPES):
             return False
         if any(group[k] for k in ("l1", "l2", "decoupled_decay", "independent_decay")):
             return False
