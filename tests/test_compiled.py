@@ -429,3 +429,25 @@ def test_registry_compiled_matches_eager(name):
     inner = getattr(opt, "optimizer", opt)  # (Lookahead: the optimizer it wraps)
     if _flat._chain_ok(inner._chain(inner.param_groups[0])) and inner.native(inner.param_groups[0]) is None:
         assert flat_buckets(inner), f"{name}: its chain can run on flat buffers, but was not compiled"
+
+
+def test_compilation_is_said_once_at_info():
+    """The first step that compiles says what it compiled and how long it took (INFO, logger
+    "optimlab"), once per kernel: a fresh process, so the process-wide kernel cache is empty."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, torch, optimlab\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s %(message)s')\n"
+        "w = torch.nn.Parameter(torch.ones(64))\n"
+        "opt = optimlab.Lion([w], lr=0.01, compile=True)\n"
+        "for _ in range(3):\n"
+        "    w.grad = torch.ones(64)\n"
+        "    opt.step()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    said = [line for line in out.stderr.splitlines() if line.startswith("optimlab compiled the step")]
+    assert len(said) == 1, out.stderr
+    assert "cpu torch.float32 in" in said[0] and said[0].endswith(" s (tracing, Inductor, first run)")

@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import sys
 import time
 import warnings
@@ -101,6 +102,8 @@ from . import _dist
 from .core import _ENGINE_KEYS, Segments, Updates, host_float, run_chain, store_host
 
 __all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "compile_stats"]
+
+_log = logging.getLogger("optimlab")
 
 #: with ``compile=None`` a bucket is flattened and compiled only from this many elements on
 AUTO_MIN_NUMEL = 1 << 22
@@ -311,6 +314,10 @@ def _run_kernel(kernel: _Kernel, args) -> list | None:
         return None
     kernel.compile_s = time.perf_counter() - t0
     kernel.ran = True
+    # said once per kernel (process-wide cache): a first step that takes seconds is explained
+    _log.info("compiled the step %s for %s %s in %.1f s (tracing, Inductor, first run)",
+              " -> ".join(type(t).__name__ for t in kernel.spec[0]), device_type, kernel.spec[-1],
+              kernel.compile_s)
     return out
 
 
