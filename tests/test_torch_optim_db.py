@@ -54,9 +54,8 @@ KNOWN_FAILURES: dict[str, list[str]] = {
         "test_differentiable_inputs[Rprop-*]",
     ],
     "LBFGS line_search_fn='strong_wolfe' on optim_db's input: torch's trajectory blows up (|p| ~ 1e17) "
-    "through degenerate cubic interpolations, and ours leaves it there (and state['t'] is a float)": [
-        "test_closure_trajectory[LBFGS-strong_wolfe]", "test_state_dict_cross_load[LBFGS-strong_wolfe]",
-        "test_state_format[LBFGS-strong_wolfe]",
+    "through degenerate cubic interpolations, and ours leaves it there": [
+        "test_closure_trajectory[LBFGS-strong_wolfe]",
     ],
     "LBFGS with a tensor lr keeps state['t'] as a float (torch: a 0-d tensor)": [
         "test_state_format[LBFGS-Tensor_lr]",

@@ -48,34 +48,49 @@ from ..core import _FUSED_DEVICES, ChainOptimizer, Transform, as_mask, check_int
 from ..transforms.clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
 from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
 
-__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready", "constructor_options"]
+__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready", "kernel_lr", "state_column", "constructor_options"]
 
 #: dtypes torch's fused kernels take
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def fused_ready(params, grads, states, move_steps: bool = True) -> bool:
-    """Whether torch's fused kernels take this bucket: dense, contiguous (the kernels index
-    parameters, gradients and state alike), real floating-point tensors on a device they support.
-    With ``move_steps``, the states' step counts are moved next to the parameters. (One loop
-    with early exits: it runs every step, over every tensor.)"""
+    """Whether torch's fused kernels take this bucket: dense, contiguous parameters and gradients
+    of one floating-point dtype on one device they support. (The state the kernel reads is
+    checked where its lists are made, :func:`state_column`.) With ``move_steps``, the states'
+    step counts are moved next to the parameters. One loop with early exits: it runs every
+    step, over every tensor, so it reads each attribute once."""
     p0 = params[0]
     device, dtype = p0.device, p0.dtype
     if device.type not in _FUSED_DEVICES or dtype not in _FUSED_DTYPES:
         return False
-    for p, g, st in zip(params, grads, states):
-        if (p.dtype != dtype or g.dtype != dtype or g.is_sparse or not p.is_contiguous() or not g.is_contiguous()
-                or p.device != device or g.device != device):
+    for p, g in zip(params, grads):
+        if (g.dtype is not dtype or p.dtype is not dtype or g.is_sparse or not g.is_contiguous()
+                or not p.is_contiguous() or g.device != device or p.device != device):
             return False
-        for v in st.values():
-            if isinstance(v, torch.Tensor) and v.dim() and not v.is_contiguous():
-                return False
     if move_steps:
+        f32 = torch.float32
         for st in states:  # torch's fused kernels keep the step count as float32 on the device
             t = st["step"]
-            if t.device != device or t.dtype != torch.float32:
-                st["step"] = t.to(device=device, dtype=torch.float32)
+            if t.dtype is not f32 or t.device != device:
+                st["step"] = t.to(device=device, dtype=f32)
     return True
+
+
+def kernel_lr(lr, device):
+    """The group's ``lr`` as torch's fused kernels take it: a float, or a tensor on the CPU or on
+    the parameters' device (torch's own wrappers move one that is on another accelerator)."""
+    if isinstance(lr, torch.Tensor) and lr.device.type != "cpu" and lr.device != device:
+        return lr.to(device)
+    return lr
+
+
+def state_column(states, key: str) -> list | None:
+    """``[st[key] for st in states]``, or None if one of them is not contiguous (the fused
+    kernels index state like the parameter; a state laid out otherwise goes to the chain)."""
+    col = [st[key] for st in states]
+    return col if all(v.is_contiguous() for v in col) else None
+
 
 EXTRA_DEFAULTS: dict[str, Any] = {
     "l1": 0.0,

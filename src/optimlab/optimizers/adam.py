@@ -14,14 +14,14 @@ Example::
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
-from torch.optim.adam import adam as torch_adam  # torch's functional Adam, called with fused=True
 
 from ..core import check_betas, check_nonneg
 from ..transforms.adam import scale_by_adam
 from ..transforms.regularize import add_decayed_weights
 from ..registry import register
-from ._base import Optimizer, fused_ready
+from ._base import Optimizer, fused_ready, kernel_lr, state_column
 
 __all__ = ["Adam", "AdamW"]
 
@@ -53,21 +53,28 @@ class Adam(Optimizer):
                                      "foreach=True; pass a float, or foreach=None")
 
     def native(self, group):
-        """torch's fused Adam/AdamW kernel (one pass over memory) when the group is plain Adam."""
+        """torch's fused Adam/AdamW kernel (one pass over memory) when the group is plain Adam.
+        The kernel is called as torch's ``_fused_adam`` calls it for one device and dtype (the
+        bucket is one: :func:`fused_ready`), and the group's values are read at each call."""
         if type(self).core is not Adam.core or not self.plain(group):
             return None
-        b1, b2 = group["betas"]
-        amsgrad = group["amsgrad"]
 
         def step(params, grads, states, _):
             if not fused_ready(params, grads, states):
                 return False
-            torch_adam(
-                params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
-                [st["max_exp_avg_sq"] for st in states] if amsgrad else [], [st["step"] for st in states],
-                fused=True, decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad,
-                beta1=float(b1), beta2=float(b2), lr=group["lr"], weight_decay=group["weight_decay"],
-                eps=group["eps"], maximize=group["maximize"])
+            exp_avgs, exp_avg_sqs = state_column(states, "exp_avg"), state_column(states, "exp_avg_sq")
+            amsgrad = group["amsgrad"]
+            maxs = state_column(states, "max_exp_avg_sq") if amsgrad else []
+            if exp_avgs is None or exp_avg_sqs is None or maxs is None:
+                return False
+            steps = [st["step"] for st in states]
+            b1, b2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            kernel(params, grads, exp_avgs, exp_avg_sqs, maxs, steps, amsgrad=amsgrad,
+                   lr=kernel_lr(group["lr"], params[0].device),
+                   beta1=float(b1), beta2=float(b2), weight_decay=group["weight_decay"], eps=group["eps"],
+                   maximize=group["maximize"], grad_scale=None, found_inf=None)
             return True
 
         return step

@@ -18,13 +18,13 @@ Example::
 
 from __future__ import annotations
 
-from torch.optim.adagrad import adagrad as torch_adagrad  # torch's functional Adagrad, fused=True
+import torch
 
 from ..core import check_betas, check_nonneg, invalid
 from ..registry import register
 from ..transforms.adagrad_rms import scale_by_adadelta, scale_by_adamax, scale_by_inverse_time_decay, scale_by_rms, scale_by_rss
 from ..transforms.momentum import trace
-from ._base import Optimizer, fused_ready
+from ._base import Optimizer, fused_ready, kernel_lr, state_column
 
 __all__ = ["Adagrad", "RMSprop", "Adadelta", "Adamax"]
 
@@ -72,12 +72,15 @@ class Adagrad(Optimizer):
         if type(self).core is not Adagrad.core or not self.plain(group):
             return None
 
-        def step(params, grads, states, _):
-            if not fused_ready(params, grads, states):
+        def step(params, grads, states, _):  # as torch's _fused_adagrad, for one device and dtype
+            if not fused_ready(params, grads, states) or (sums := state_column(states, "sum")) is None:
                 return False
-            torch_adagrad(params, grads, [st["sum"] for st in states], [st["step"] for st in states],
-                                        fused=True, lr=group["lr"], weight_decay=group["weight_decay"],
-                                        lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])
+            steps = [st["step"] for st in states]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adagrad_(params, grads, sums, steps, lr=kernel_lr(group["lr"], params[0].device),
+                                  lr_decay=group["lr_decay"],
+                                  weight_decay=group["weight_decay"], eps=group["eps"],
+                                  maximize=group["maximize"], grad_scale=None, found_inf=None)
             return True
 
         return step

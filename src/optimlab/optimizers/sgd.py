@@ -12,12 +12,12 @@ Example::
 
 from __future__ import annotations
 
-from torch.optim.sgd import sgd as fused_sgd  # torch's functional SGD, called with fused=True
+import torch
 
 from ..core import check_nonneg
 from ..transforms.momentum import trace
 from ..registry import Dim, register
-from ._base import Optimizer, fused_ready
+from ._base import Optimizer, fused_ready, kernel_lr
 
 __all__ = ["SGD"]
 
@@ -49,18 +49,30 @@ class SGD(Optimizer):
         the momentum buffer starts as the gradient)."""
         if type(self).core is not SGD.core or not self.plain(group):
             return None
-        momentum = group["momentum"]
 
-        def step(params, grads, states, count):
+        def step(params, grads, states, count):  # as torch's _fused_sgd, for one device and dtype
             if not fused_ready(params, grads, states, move_steps=False):  # SGD keeps no step count
                 return False
-            # count None: every parameter has stepped before (its buffer exists); the caller advances the counts
-            started = count is None or count > 0
-            bufs = [st.get("momentum_buffer") if started else None for st in states] if momentum else [None] * len(params)
-            fused_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"], momentum=momentum,
-                                lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
-                                maximize=group["maximize"])
-            if momentum:
+            momentum = group["momentum"]
+            # count None: every parameter has stepped before; the caller advances the counts.
+            # torch's rule for the first step: the momentum buffer starts as the gradient
+            first = momentum != 0 and count is not None and count == 0
+            bufs = []
+            if momentum != 0 and not first:
+                bufs = [st.get("momentum_buffer") for st in states]
+                if any(b is None for b in bufs):  # momentum switched on: buffers start as the gradient
+                    first = all(b is None for b in bufs)
+                    if not first:
+                        return False
+                elif not all(b.is_contiguous() for b in bufs):
+                    return False
+            if first:
+                bufs = [torch.empty_like(g) for g in grads]
+            torch._fused_sgd_(params, grads, bufs, weight_decay=group["weight_decay"], momentum=momentum,
+                              lr=kernel_lr(group["lr"], params[0].device), dampening=group["dampening"],
+                              nesterov=group["nesterov"],
+                              maximize=group["maximize"], is_first_step=first, grad_scale=None, found_inf=None)
+            if first:
                 for st, buf in zip(states, bufs):
                     st["momentum_buffer"] = buf
             if count is not None:
