@@ -88,21 +88,23 @@ def test_stochastic_rounding_is_unbiased(dtype):
     assert torch.equal(stochastic_round(exact, dtype).float(), exact)
 
 
-def test_kahan_and_stochastic_keep_updates_a_bfloat16_add_loses():
+@pytest.mark.parametrize("compile", [False, True])
+def test_kahan_and_stochastic_keep_updates_a_bfloat16_add_loses(compile):
     """SGD steps of 1e-3 on weights at 1.0 (bfloat16 spacing 2^-7 there): a plain bfloat16 add
     rounds every one away; Kahan's compensation accumulates them, stochastic rounding keeps them
-    on average."""
+    on average -- on the eager path and in the compiled kernel."""
     out = {}
     for rounding in (None, "kahan", "stochastic"):
         torch.manual_seed(0)
         p = torch.nn.Parameter(torch.ones(5000, dtype=torch.bfloat16))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            opt = optimlab.SGD([p], lr=1e-3, param_rounding=rounding)
+            opt = optimlab.SGD([p], lr=1e-3, param_rounding=rounding, compile=compile)
         for _ in range(100):
             p.grad = torch.ones_like(p)
             opt.step()
         out[rounding] = p.detach().float(), opt.state.get(p, {}).get("kahan_comp")
+        assert _compiled_params(opt) == (compile and rounding is not None) * 1
     assert (out[None][0] == 1).all()
     p, comp = out["kahan"]
     assert comp.dtype == torch.bfloat16
@@ -203,17 +205,20 @@ def _agree(got, want, flip):
     assert ((got - want)[off].abs() <= flip).all()
 
 
+@pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("rounding", ["stochastic", "kahan"])
-def test_param_rounding_matches_a_float32_step(rounding):
-    """bfloat16 AdamW: one step computed in float32 from the same start, then rounded."""
+def test_param_rounding_matches_a_float32_step(rounding, compile):
+    """bfloat16 AdamW: one step computed in float32 from the same start, then rounded (eager
+    and compiled)."""
     g = torch.Generator().manual_seed(2)
     p0 = torch.randn(300, 20, generator=g).bfloat16()
     grad = torch.randn(300, 20, generator=g).bfloat16()
     hp = _CASES["adamw"]
     p = torch.nn.Parameter(p0.clone())
-    opt = optimlab.AdamW([p], **hp, param_rounding=rounding)
+    opt = optimlab.AdamW([p], **hp, param_rounding=rounding, compile=compile)
     p.grad = grad
     opt.step()
+    assert _compiled_params(opt) == compile * 1
     exact = _naive("adamw", p0.float(), grad.float(), {}, 1, hp)
     got = p.detach().float()
     assert opt.state[p]["exp_avg"].dtype == torch.bfloat16  # state follows the parameter
@@ -293,15 +298,52 @@ def test_float32_state_of_bfloat16_parameters_survives_a_round_trip():
         assert torch.equal(other.state[p]["kahan_comp"], opt.state[p]["kahan_comp"])
 
 
-@pytest.mark.parametrize("kw", [{"state_bits": 8}, {"state_dtype": torch.bfloat16}])
-def test_compile_true_runs_the_options_eagerly(kw):
-    """The flat compiled engine holds full-precision buffers: with an option it is not used (and
-    the user is told), so compiled and eager agree exactly."""
-    _, eager, _ = _trained(kw)
-    with pytest.warns(RuntimeWarning, match="eager path"):
-        _, compiled, _ = _trained({**kw, "compile": True})
-    assert compiled._engine is None
-    assert all(torch.equal(u, v) for u, v in zip(_moments(eager), _moments(compiled)))
+def _compiled_params(opt) -> int:
+    """How many parameters the compiled flat kernel stepped (0: none, or no engine)."""
+    engine = opt._engine
+    return 0 if engine is None else sum(len(b.params) for lay in engine._layouts.values() for b in lay.buckets)
+
+
+def _held_params(opt):
+    """Each parameter as held, in float32: plus its Kahan compensation where it has one."""
+    return [p.detach().float() + opt.state[p]["kahan_comp"].float() if "kahan_comp" in opt.state[p]
+            else p.detach().float() for g in opt.param_groups for p in g["params"]]
+
+
+@pytest.mark.parametrize("kw, dtype", [({"state_dtype": torch.bfloat16}, torch.float32),
+                                       ({"param_rounding": "kahan"}, torch.bfloat16),
+                                       ({"state_dtype": torch.float32, "param_rounding": "kahan"}, torch.bfloat16)])
+def test_compile_true_compiles_the_options(kw, dtype):
+    """The compiled kernel does what the eager path does with the options -- moments held in
+    their dtype, the step in float32, parameters written back rounded (Kahan: plus the error
+    kept) -- so the two runs hold the same dtypes and the same values, bar the compiled kernel's
+    float32 rounding where it tips a held 16-bit value across a midpoint: one bfloat16 step
+    (2^-8 relative) of a moment moves an Adam update by less than 2^-8 of it (~lr); allowed:
+    4x that per step."""
+    steps, lr = 3, 1e-2
+    _, eager, _ = _trained(kw, dtype, steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # nothing falls back to eager
+        _, compiled, _ = _trained({**kw, "compile": True}, dtype, steps)
+    assert _compiled_params(compiled) == 4 and _compiled_params(eager) == 0
+    for u, v in zip(eager.state.values(), compiled.state.values()):
+        assert {k: x.dtype for k, x in u.items()} == {k: x.dtype for k, x in v.items()}
+    for a, b in zip(_held_params(eager), _held_params(compiled)):
+        assert (a - b).abs().max() <= 4 * steps * lr * 2**-8
+    for u, v in zip(_moments(eager), _moments(compiled)):
+        torch.testing.assert_close(u, v, rtol=2**-6, atol=1e-6)
+
+
+def test_compile_true_with_8_bit_state_steps_quantized_parameters_eagerly():
+    """8-bit codes stay on the eager path (said once); the parameters too small to be
+    quantized are compiled; both match the eager run's."""
+    _, eager, _ = _trained({"state_bits": 8})
+    with pytest.warns(RuntimeWarning, match="state_bits=8: the parameters whose moments are quantized"):
+        _, compiled, _ = _trained({"state_bits": 8, "compile": True})
+    small = sum(p.numel() < MIN_QUANTIZED for g in compiled.param_groups for p in g["params"])
+    assert _compiled_params(compiled) == small == 3
+    for u, v in zip(_moments(eager), _moments(compiled)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
 
 
 def test_bytes_per_parameter():

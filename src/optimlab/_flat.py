@@ -100,6 +100,7 @@ from torch import Tensor
 
 from . import _dist
 from .core import _ENGINE_KEYS, Segments, Updates, host_float, run_chain, store_host
+from .precision import KAHAN, stochastic_round
 
 __all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "compile_stats"]
 
@@ -165,15 +166,43 @@ def _layerwise(chain) -> bool:
     return not all(t.elementwise for t in chain) or bool(_masks(chain))
 
 
-def _make_step(chain, keys, names, lr_index, maximize):
+def _make_step(chain, keys, names, lr_index, maximize, rounding=None):
     """The function compiled for one spec: the chain on one-element lists of flat tensors
-    (shaped ``(rows, ROW)`` with the row bookkeeping in ``seg`` for a layer-wise chain)."""
+    (shaped ``(rows, ROW)`` with the row bookkeeping in ``seg`` for a layer-wise chain).
+
+    ``rounding`` (the optimizer has low-precision options, :mod:`optimlab.precision`): the
+    kernel does what the eager path's ``Precision.piece`` does, in the same single pass -- the
+    maths in float32 on working copies of 16-bit parameters (plus their Kahan compensation),
+    gradients and parameter-shaped state held in another dtype (``state_dtype``), written back
+    rounded to nearest (state), or as ``rounding`` says (parameters: ``"nearest"``,
+    ``"stochastic"``, ``"kahan"``)."""
 
     masked = [j for j, t in enumerate(chain) if getattr(t, "mask", None) is not None]
+    per_tensor = frozenset(k for t in chain for k in t.per_tensor_state)
+    kahan = keys.index(KAHAN) if rounding is not None and KAHAN in keys else None
 
     def flat_step(param: Tensor, grad: Tensor, states: list[Tensor], vec: list[Tensor], seg: tuple) -> None:
         segments = Segments(*seg[:4], width=ROW) if seg else None
-        u = Updates([param], [grad], {k: [t] for k, t in zip(keys, states)}, [None], vec[0], segments=segments)
+        work_param, held = param, []
+        if rounding is not None:
+            work = torch.promote_types(param.dtype, torch.float32)
+            if param.dtype != work:
+                work_param = param.to(work)
+                if kahan is not None:
+                    work_param = work_param + states[kahan].to(work)
+            if grad.dtype != work:
+                grad = grad.to(work)
+            state = {}
+            for j, (k, t) in enumerate(zip(keys, states)):
+                if j == kahan:
+                    continue
+                if k not in per_tensor and t.dtype != work and t.is_floating_point():
+                    held.append((t, t.to(work)))
+                    t = held[-1][1]
+                state[k] = [t]
+        else:
+            state = {k: [t] for k, t in zip(keys, states)}
+        u = Updates([work_param], [grad], state, [None], vec[0], segments=segments)
         if maximize:
             u.replace(torch._foreach_neg([grad]))
             u._owned = True
@@ -182,6 +211,16 @@ def _make_step(chain, keys, names, lr_index, maximize):
         for j, selected in zip(masked, seg[4] if seg else ()):
             scalars[j]["selected"] = selected  # the mask's verdict per tensor
         run_chain(chain, u, scalars, None if lr_index is None else vec[lr_index])
+        for t, x in held:
+            t.copy_(x)
+        if work_param is not param:
+            if kahan is not None:  # to nearest, the rounding error kept for the next step
+                param.copy_(work_param)
+                states[kahan].copy_(work_param - param.to(work_param.dtype))
+            elif rounding == "stochastic":
+                param.copy_(stochastic_round(work_param, param.dtype))
+            else:
+                param.copy_(work_param)
         return [s[n] for s, tn in zip(scalars, names) for n, i in tn if not isinstance(i, int)]
 
     # Dynamo keeps one cache (and one recompile budget) per code object: give every spec its own.
@@ -251,6 +290,17 @@ def _backend(gm: torch.fx.GraphModule, example_inputs):
     return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
 
 
+def _with_exact_casts(backend, gm: torch.fx.GraphModule, example_inputs):
+    """``backend`` for kernels with low-precision options, with Inductor told to round at
+    every cast to a 16-bit dtype as eager does. By default it keeps such values in float32
+    within a kernel, and the Kahan compensation ``x - round(x)`` would be 0, the stochastic
+    rounding's distance to its neighbours wrong."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(emulate_precision_casts=True):
+        return backend(gm, example_inputs)
+
+
 def _backend_recompute(gm: torch.fx.GraphModule, example_inputs):
     """:func:`_backend` for layer-wise chains, with Inductor told to recompute pointwise values
     rather than store them. Such a step reads everything twice -- once to reduce (the norms),
@@ -293,9 +343,11 @@ def _run_kernel(kernel: _Kernel, args) -> list | None:
             return None
     t0 = time.perf_counter()
     try:
-        chain, keys, names, lr_index, maximize = kernel.spec[:5]
+        chain, keys, names, lr_index, maximize, rounding = kernel.spec[:6]
         backend = _backend_recompute if _layerwise(chain) else _backend
-        kernel.fn = torch.compile(_make_step(chain, keys, names, lr_index, maximize), backend=backend,
+        if rounding is not None:
+            backend = functools.partial(_with_exact_casts, backend)
+        kernel.fn = torch.compile(_make_step(chain, keys, names, lr_index, maximize, rounding), backend=backend,
                                   dynamic=True, fullgraph=True)
         out = kernel.fn(*args)
     except Exception as e:  # noqa: BLE001 - any compilation failure means: stay eager
@@ -627,7 +679,9 @@ class FlatEngine:
                 values.append(float(v))
                 i += 1
             names.append(tuple(tn))
-        spec = (chain, b.keys, tuple(names), 1 if lr is not None else None, maximize,
+        lowp = opt._precision
+        rounding = None if lowp is None else lowp.param_rounding or "nearest"
+        spec = (chain, b.keys, tuple(names), 1 if lr is not None else None, maximize, rounding,
                 b.device.type, b.dtype)
         kernel = _KERNELS.get(spec)
         if kernel is None:

@@ -450,8 +450,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     ``lr_key`` names the hyperparameter that scales the final update (``None``: the chain's
     output is applied as it is, as for Rprop). ``state_dtype``, ``state_bits`` and
     ``param_rounding`` hold the moments in low precision and round 16-bit parameters
-    stochastically or with Kahan compensation (:mod:`optimlab.precision`); such steps run on
-    the eager path.
+    stochastically or with Kahan compensation (:mod:`optimlab.precision`); ``compile=True``
+    compiles them into its kernel (8-bit codes excepted: those parameters step eagerly).
     """
 
     #: hyperparameters the base class reads for every optimizer (maximize and the extras).
@@ -977,15 +977,16 @@ class ChainOptimizer(torch.optim.Optimizer):
             _check_fused(group)
         # torch's fused kernel where it is the same algorithm -- also under compile=True: it is
         # one pass over memory already, and no slower than the compiled kernel on any layout
-        # (README, "Speed"); fused=False asks for the compiled kernel. Low-precision options run
-        # on the eager path (the kernels hold full precision)
+        # (README, "Speed"); fused=False asks for the compiled kernel. With low-precision options
+        # torch's kernels are not used (they hold full precision); the compiled kernel does them,
+        # except 8-bit codes, which stay on the eager path (see optimlab._flat)
         lowp = self._precision
         native = None if group.get("differentiable") or lowp else self._native_of(group)
         if native is not None and self.compile is True and not self._said_native:
             self._said_native = True
             _log.info("%s(compile=True): the chain is torch's fused kernel; that kernel runs the step, "
                       "nothing is compiled (fused=False compiles the chain)", type(self).__name__)
-        if (native is None and lowp is None and (self.compile is not False or group.get("fused"))
+        if (native is None and (self.compile is not False or group.get("fused"))
                 and not group.get("differentiable")):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
             group = self._flat_engine().step_group(self, group)

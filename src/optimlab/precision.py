@@ -156,10 +156,14 @@ def _is_codes(st: dict, k: str) -> bool:
 def stochastic_round(x: Tensor, dtype: torch.dtype) -> Tensor:
     """``x`` in ``dtype`` (bfloat16 / float16), rounded to one of its two neighbours there with
     probabilities proportional to closeness: unbiased, ``E[result] = x``. Uses torch's global
-    random number generator (like dropout)."""
+    random number generator (like dropout). The neighbour on the other side of ``x`` is the
+    nearest value's bit pattern plus one (away from zero) or minus one (towards it) -- integer
+    maths that a compiled kernel computes exactly as eager does, where ``nextafter`` in a
+    16-bit dtype would be computed in float32."""
     near = x.to(dtype)
     back = near.to(x.dtype)
-    other = torch.nextafter(near, torch.where(back > x, -math.inf, math.inf).to(dtype))
+    bits = near.view(torch.int16)
+    other = torch.where(back.abs() < x.abs(), bits + 1, bits - 1).view(dtype)
     # the chance of leaving the nearest value: distance to it over the gap (0 when exact;
     # NaN -- hence never -- for inf and NaN)
     frac = (x - back) / (other.to(x.dtype) - back)
@@ -197,9 +201,10 @@ class Precision:
     def check(self, opt) -> None:
         """Warn, once at construction, about an option that has nothing to act on."""
         name = type(opt).__name__
-        if opt.compile is True or any(g.get("fused") for g in opt.param_groups):
-            warnings.warn(f"{name}: {self} runs on the eager path; compile=True / fused=True are not used "
-                          "(the compiled and fused kernels hold full-precision state)", RuntimeWarning, stacklevel=4)
+        if self.state_bits and (opt.compile is True or any(g.get("fused") for g in opt.param_groups)):
+            warnings.warn(f"{name}: state_bits=8: the parameters whose moments are quantized (those of "
+                          f"{MIN_QUANTIZED} entries or more) step on the eager path; compile=True / fused=True "
+                          "compile the rest", RuntimeWarning, stacklevel=4)
         if self.state_dtype is not None or self.state_bits is not None:
             if not any(t.moment_state for g in opt.param_groups for t in opt._chain(g)):
                 what = "state_bits=8" if self.state_bits else f"state_dtype={self.state_dtype}"
