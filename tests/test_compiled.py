@@ -451,3 +451,65 @@ def test_compilation_is_said_once_at_info():
     said = [line for line in out.stderr.splitlines() if line.startswith("optimlab compiled the step")]
     assert len(said) == 1, out.stderr
     assert "cpu torch.float32 in" in said[0] and said[0].endswith(" s (tracing, Inductor, first run)")
+
+
+@pytest.mark.parametrize("transient", [False, True], ids=["kept-buffer", "per-step-buffer"])
+@pytest.mark.parametrize("cls", ["Lion", "LAMB"])
+def test_gradients_that_are_views_of_another_buffer_stay_there(monkeypatch, cls, transient):
+    """Gradients that are views of one larger buffer -- as DDP(gradient_as_bucket_view=True)
+    leaves them after every backward -- are copied into the kernel's flat buffer, never rebound
+    (DDP would copy them back into its bucket on the next backward, and both buffers would be
+    held). With ``TRANSIENT_GRADS_ON_CPU`` (the rule on accelerators) that buffer exists only
+    during the step. Same numbers as the eager path, with an elementwise and a layer-wise chain."""
+    monkeypatch.setattr(_flat, "TRANSIENT_GRADS_ON_CPU", transient)
+    nets = [make_net(F64) for _ in range(2)]
+    compiled = getattr(optimlab, cls)(nets[0].parameters(), lr=1e-2, compile=True)
+    eager = getattr(optimlab, cls)(nets[1].parameters(), lr=1e-2)
+    params = list(nets[0].parameters())
+    bucket = torch.zeros(sum(p.numel() for p in params) + 7, dtype=F64)  # "DDP's" buffer
+    views, off = [], 3
+    for p in params:
+        views.append(bucket[off: off + p.numel()].view(p.shape))
+        off += p.numel()
+    x, y = net_data(F64)
+    for _ in range(6):
+        for net, opt in zip(nets, (compiled, eager)):
+            opt.zero_grad()
+            ((net(x) - y) ** 2).mean().backward()
+        for p, v in zip(params, views):  # as DDP does: the (reduced) gradient into its bucket
+            v.copy_(p.grad)
+            p.grad = v
+        compiled.step()
+        eager.step()
+        assert all(p.grad is v for p, v in zip(params, views))
+    assert rel_err(nets[0].parameters(), nets[1].parameters()) <= 1e-12
+    buckets = flat_buckets(compiled)
+    assert buckets and all(not b.own_grads for b in buckets)
+    assert all((b.flat_grad is None) == transient for b in buckets)
+
+
+@pytest.mark.parametrize("cls", ["Lion", "LAMB"])
+def test_transient_gradient_buffer_lives_from_backward_to_zero_grad(monkeypatch, cls):
+    """With ``TRANSIENT_GRADS_ON_CPU`` (the rule on accelerators) the flat gradient buffer is held
+    as torch holds gradients: made when the first gradient of a backward pass arrives, dropped
+    by ``zero_grad()`` -- not through the forward pass. Same numbers as the eager path, with
+    parameters that miss their gradient on some steps."""
+    monkeypatch.setattr(_flat, "TRANSIENT_GRADS_ON_CPU", True)
+    nets = [make_net(F64) for _ in range(2)]
+    compiled = getattr(optimlab, cls)(nets[0].parameters(), lr=1e-2, compile=True)
+    eager = getattr(optimlab, cls)(nets[1].parameters(), lr=1e-2)
+    x, y = net_data(F64)
+    for step in range(8):
+        for net, opt in zip(nets, (compiled, eager)):
+            opt.zero_grad()
+            if opt is compiled:
+                assert all(b.flat_grad is None for b in flat_buckets(opt))
+            ((net(x) - y) ** 2).mean().backward()
+            if step % 3 == 1:
+                net.fc.bias.grad = None
+            opt.step()
+        buckets = flat_buckets(compiled)
+        assert buckets and all(b.own_grads and b.transient for b in buckets)
+        flat = {b.flat_grad.untyped_storage().data_ptr() for b in buckets if b.flat_grad is not None}
+        assert all(p.grad.untyped_storage().data_ptr() in flat for p in nets[0].parameters() if p.grad is not None)
+    assert rel_err(nets[0].parameters(), nets[1].parameters()) <= 1e-12

@@ -72,12 +72,22 @@ allocated, with ``p.grad`` defined it adds into it. So one of two costs is unavo
 ``zero_grad(set_to_none=False)`` still works (it zeroes each flat grad buffer in one call and
 leaves None gradients None).
 
-Other costs: the flat grad buffer stays allocated between steps (like gradients under
-``set_to_none=False``), i.e. one parameter-sized buffer more than torch holds during the
-forward pass after ``zero_grad()``. Parameters become views (``p.storage_offset() != 0``; code
-that assumes a parameter owns its storage, or ``DistributedDataParallel(gradient_as_bucket_view
-=True)``, which rebinds gradients too, will see that). Rebuilding a layout copies the group
-once. In float16/bfloat16 Inductor computes the fused step in float32, so the numbers are
+Where the flat grad buffer lives. On accelerators it is held as torch holds gradients: made
+when the first gradient of a backward pass arrives, dropped by ``zero_grad()`` (set to None),
+so the forward pass has that memory back (the caching allocator hands it out again). On CPUs
+it is kept between steps (``TRANSIENT_GRADS_ON_CPU``): a fresh 100 MB buffer page-faults on
+every step -- measured, 25 M float32 gradients, 2 threads: a copy into a kept buffer 7.5 ms,
+into a fresh one 18 ms with transparent huge pages, 27 ms without -- so on a CPU the engine
+holds one parameter-sized buffer more than torch during the forward pass.
+
+Gradients that are views of a larger buffer that is not ours -- ``DistributedDataParallel(
+gradient_as_bucket_view=True)``'s bucket, which DDP rebinds ``p.grad`` to after every backward
+-- are left where they are: ``p.grad`` is never rebound (DDP would copy our view into its
+bucket and rebind it back on every step, and both buffers would be held), and the step copies
+them into the flat buffer, on accelerators one that exists only during the step.
+
+Other costs: parameters become views (``p.storage_offset() != 0``; code that assumes a
+parameter owns its storage will see that). Rebuilding a layout copies the group once. In float16/bfloat16 Inductor computes the fused step in float32, so the numbers are
 slightly more accurate than, and not bitwise equal to, the eager path's. ``Updates.step`` is a
 0-d tensor inside the compiled function (use ``scalars`` for numbers). On CPU, Inductor's
 kernel always opens an OpenMP parallel region; on a machine whose cores are busy with other
@@ -113,6 +123,13 @@ MAX_REBUILDS = 32
 _ALIGN_BYTES = 64
 #: row width (entries) of the flat buffers of chains with layer-wise transforms (see Segments)
 ROW = 64
+#: where the gradients are not ours to rebind (DDP's bucket views, ``accumulate_steps > 1``,
+#: torch's ``fused=True``), each step copies them into a flat buffer: on accelerators one made
+#: for the step and freed after it (the caching allocator hands the memory to the next forward
+#: pass), on CPUs one kept between steps -- a fresh 100 MB buffer there costs page faults each
+#: step: measured, 25 M float32 gradients, 2 threads: copy into a kept buffer 7.5 ms, into a
+#: fresh one 18 ms (huge pages) to 27 ms (without)
+TRANSIENT_GRADS_ON_CPU = False
 #: back large CPU flat buffers by transparent huge pages (Linux, THP mode "madvise" or "always")
 HUGE_PAGES = sys.platform == "linux"
 
@@ -433,6 +450,9 @@ def _grad_arrived(bucket_ref, i: int, p: Tensor) -> None:
     g = p.grad
     if g is gv or g is None or g.requires_grad or g.is_sparse or p.data_ptr() != ptr:
         return  # already in place, part of a graph, or a stale layout (step() sorts it out)
+    if gv is None:  # the first gradient since zero_grad() dropped a transient buffer
+        b.alloc_grads()
+        gv = b.grad_views[i]
     gv.copy_(g)
     p.grad = gv
 
@@ -446,14 +466,19 @@ class _Bucket:
     """One group x device x dtype x step: params, grads and tensor state as views of flat buffers."""
 
     __slots__ = ("params", "names", "states", "step", "keys", "flat_param", "flat_grad", "flat_state",
-                 "grad_views", "own_grads", "rows", "numel", "device", "dtype", "kernel_args", "__weakref__")
+                 "grad_views", "own_grads", "transient", "offs", "layerwise", "rows", "numel", "device", "dtype",
+                 "kernel_args", "__weakref__")
 
     def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
-                 per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0):
+                 per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0, transient: bool = False):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
         must not show up in ``p.grad``; nor with torch's ``fused=True``, which leaves ``p.grad``
-        alone: each step then copies the gradients in). ``layerwise``: lay the tensors out in rows of ``ROW``
+        alone; nor where the gradients are views of another buffer, DDP's with
+        ``gradient_as_bucket_view=True``: each step then copies the gradients in).
+        ``transient``: the flat gradient buffer is not kept between steps. With ``own_grads`` it
+        is made when the first gradient arrives and dropped by ``zero_grad()`` (as torch's
+        gradients are); without, it is made for the step's copy and freed after the step. ``layerwise``: lay the tensors out in rows of ``ROW``
         entries for a chain with per-tensor reductions. ``per_tensor``: the state keys that hold
         one number per tensor (0-d); each becomes a vector with one entry per tensor (plus the
         empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry. ``masks``: those of
@@ -462,10 +487,12 @@ class _Bucket:
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = step
         self.own_grads = own_grads
+        self.transient = transient
+        self.layerwise = layerwise
         self.device, self.dtype = p0.device, p0.dtype
         numels = [p.numel() for p in params]
         offs, total = _offsets(numels, p0.element_size(), ROW if layerwise else 1)
-        self.numel = total
+        self.numel, self.offs = total, offs
         self.flat_param, pviews = _flatten([p.detach() for p in params], offs, total, p0)
         for p, v in zip(params, pviews):
             p.data = v
@@ -482,8 +509,8 @@ class _Bucket:
                 st[k] = v
             self.flat_state.append(flat)
             state_views.append(views)
-        self.flat_grad = _zeros(total, p0.dtype, self.device)
-        self.grad_views = [self.flat_grad[o: o + p.numel()].view(p.shape) for p, o in zip(params, offs)]
+        self.flat_grad = None if self.transient and not own_grads else _zeros(total, p0.dtype, self.device)
+        self.grad_views = self._grad_views()
         for p, gv in zip(params, self.grad_views):
             if own_grads and p.grad is not None and not p.grad.requires_grad and not p.grad.is_sparse:
                 gv.copy_(p.grad)
@@ -494,6 +521,8 @@ class _Bucket:
         self.kernel_args = (self.flat_param, self.flat_grad, self.flat_state, ())
         if layerwise:
             self.kernel_args = self._rows(numels, offs, per_tensor, masks)
+        if self.transient and own_grads and not any(p.grad is gv for p, gv in zip(params, self.grad_views)):
+            self.drop_grads()  # (no gradient yet; the first to arrive makes the buffer)
         # gradients that autograd allocates afresh (after zero_grad() set them to None) are
         # copied into their slot as they arrive, while still in cache; removed with the bucket
         me = weakref.ref(self)
@@ -501,14 +530,25 @@ class _Bucket:
                    for i, p in enumerate(params) if p.requires_grad and own_grads]
         weakref.finalize(self, _remove_hooks, handles)
 
+    def _grad_views(self) -> list:
+        if self.flat_grad is None:
+            return [None] * len(self.params)
+        return [self.flat_grad[o: o + p.numel()].view(p.shape) for p, o in zip(self.params, self.offs)]
+
+    def _as_rows(self, x: Tensor | None) -> Tensor | None:
+        """A flat buffer as the kernel of a layer-wise chain takes it: ``(rows, ROW)``, the row
+        width static for the compiler."""
+        if x is None or not self.layerwise:
+            return x
+        v = x.view(-1, ROW)
+        torch._dynamo.mark_static(v, 1)
+        return v
+
     def _rows(self, numels: list[int], offs: list[int], per_tensor: frozenset, masks: list) -> tuple:
         """The kernel's arguments for a layer-wise chain: the flat buffers as ``(rows, ROW)``
-        views (the row width static for the compiler) and the rows' bookkeeping (Segments)."""
-        views = [x.view(-1, ROW) for x in (self.flat_param, self.flat_grad)]
-        views += [x if k in per_tensor else x.view(-1, ROW) for k, x in zip(self.keys, self.flat_state)]
-        for v in views:
-            if v.dim() == 2:
-                torch._dynamo.mark_static(v, 1)
+        views and the rows' bookkeeping (Segments)."""
+        views = [self._as_rows(x) for x in (self.flat_param, self.flat_grad)]
+        views += [x if k in per_tensor else self._as_rows(x) for k, x in zip(self.keys, self.flat_state)]
         # offsets are multiples of ROW, so tensor i owns the next ceil(n_i / ROW) rows
         n = torch.tensor(numels, dtype=torch.int64)
         count = (n + ROW - 1) // ROW
@@ -524,6 +564,26 @@ class _Bucket:
         seg = (tensor_of.to(self.device), length.to(self.device), torch.cat([count, count.new_zeros(1)]).to(self.device),
                torch.tensor([*numels, 0], dtype=torch.float32, device=self.device), selected)
         return views[0], views[1], views[2:], seg
+
+    def alloc_grads(self) -> None:
+        """A transient bucket makes its flat gradient buffer (zeroed: the padding too)."""
+        self._set_grads(_zeros(self.numel, self.dtype, self.device))
+
+    def drop_grads(self) -> None:
+        """A transient bucket drops its flat gradient buffer (to the allocator's cache)."""
+        if self.transient and self.flat_grad is not None:
+            self._set_grads(None)
+
+    def release_grads(self) -> None:
+        """After a step: the buffer the step's gradients were copied into (not ``p.grad``) goes."""
+        if not self.own_grads:
+            self.drop_grads()
+
+    def _set_grads(self, flat: Tensor | None) -> None:
+        self.flat_grad = flat
+        self.grad_views = self._grad_views()
+        self.rows = [(p, ptr, st, gv, views) for (p, ptr, st, _, views), gv in zip(self.rows, self.grad_views)]
+        self.kernel_args = (self.kernel_args[0], self._as_rows(flat), *self.kernel_args[2:])
 
     def check(self, opt) -> tuple[bool, list[int], list[int]]:
         """Still valid? Plus which parameters have no gradient, and which gradients (not our
@@ -550,11 +610,14 @@ class _Bucket:
         return True, missing, fresh
 
     def take_grads(self, opt, fresh: list[int]) -> None:
-        """Copy gradients that are not our views into their slots; rebind ``p.grad`` to them."""
+        """Copy gradients that are not our views into their slots; rebind ``p.grad`` to them.
+        A transient bucket makes the step's buffer here (:meth:`release_grads` frees it)."""
         use_grad_attr = opt.accumulate_steps == 1
         grads = [self.params[i].grad if use_grad_attr else opt._grad(self.params[i]) for i in fresh]
         if any(g.is_sparse for g in grads):
             raise RuntimeError("sparse gradient")  # caught by the caller: eager path raises properly
+        if self.flat_grad is None:
+            self.alloc_grads()
         torch._foreach_copy_([self.grad_views[i] for i in fresh], grads)
         if use_grad_attr and self.own_grads:
             for i, g in zip(fresh, grads):
@@ -597,6 +660,17 @@ def _kept_storage(p: Tensor, ours: set[int], in_buffers: bool) -> str | None:
         return ("a parameter shares its storage with other tensors (ZeroRedundancyOptimizer("
                 "parameters_as_bucket_view=True) or views of one buffer), which flattening would break")
     return None
+
+
+def _foreign_view(g: Tensor | None, ours: set[int]) -> bool:
+    """Whether a gradient is a view into a larger buffer that is not one of ours: DDP's bucket
+    with ``gradient_as_bucket_view=True``, which DDP rebinds ``p.grad`` to after every backward
+    (made our view instead, it would be copied into DDP's bucket and back on every step, and
+    both buffers would be held)."""
+    if g is None or g.is_sparse or g.layout != torch.strided:
+        return False
+    storage = g.untyped_storage()
+    return storage.nbytes() > g.numel() * g.element_size() and storage.data_ptr() not in ours
 
 
 class FlatEngine:
@@ -649,6 +723,13 @@ class FlatEngine:
         return sub
 
     def _run_bucket(self, opt, group, chain, b: _Bucket, fresh: list[int]) -> bool:
+        """Step the bucket in its kernel; False: it was not stepped (the eager path will)."""
+        try:
+            return self._step_bucket(opt, group, chain, b, fresh)
+        finally:
+            b.release_grads()
+
+    def _step_bucket(self, opt, group, chain, b: _Bucket, fresh: list[int]) -> bool:
         maximize = bool(group.get("maximize", False))
         lr = opt._lr(group)
         if b.device.type in _BROKEN_DEVICES or (chain, b.device.type, b.dtype) in _FAILED_CHAINS:
@@ -737,6 +818,8 @@ class FlatEngine:
         keyed: dict[tuple, list[int]] = {}
         outside, stateless = [], []
         ours = {b.flat_param.untyped_storage().data_ptr() for lay in self._layouts.values() for b in lay.buckets}
+        ours_grad = {b.flat_grad.untyped_storage().data_ptr() for lay in self._layouts.values() for b in lay.buckets
+                     if b.flat_grad is not None}
         for i, p in enumerate(group["params"]):
             st = opt.state.get(p, {})
             step = opt._step_of(p, st)
@@ -772,11 +855,12 @@ class FlatEngine:
         buckets = []
         for (_, _, step, _, keys, _), idx in keyed.items():
             params = [group["params"][i] for i in idx]
+            own = (opt.accumulate_steps == 1 and not (group.get("fused") and opt.compile is False)
+                   and not any(_foreign_view(p.grad, ours_grad) for p in params))
             buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
-                                   [opt.state.get(p, {}) for p in params], keys,
-                                   opt.accumulate_steps == 1 and not (group.get("fused") and opt.compile is False),
+                                   [opt.state.get(p, {}) for p in params], keys, own,
                                    layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain),
-                                   step=step))
+                                   step=step, transient=params[0].device.type != "cpu" or TRANSIENT_GRADS_ON_CPU))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
         self._layouts[id(group)] = lay
         return lay
@@ -787,11 +871,14 @@ class FlatEngine:
         ``p.grad`` that is not None at its (zeroed) view; other parameters get torch's treatment."""
         if set_to_none:
             torch.optim.Optimizer.zero_grad(opt, True)
+            for lay in self._layouts.values():
+                for b in lay.buckets:
+                    b.drop_grads()  # (transient ones: no gradient refers to it now)
             return
         done = set()
         for lay in self._layouts.values():
             for b in lay.buckets:
-                if not b.own_grads or any(p.data_ptr() != ptr for p, ptr, *_ in b.rows):
+                if not b.own_grads or b.flat_grad is None or any(p.data_ptr() != ptr for p, ptr, *_ in b.rows):
                     continue  # fused=True (p.grad stays the user's) or a stale layout: the generic loop
                 b.flat_grad.zero_()
                 for p, gv in zip(b.params, b.grad_views):

@@ -32,7 +32,7 @@ NAN_STEP = 5  # skip_nonfinite scenarios: an inf gradient on this step (every ra
 MASK = optimlab.Mask(exclude="bias")
 
 # name -> how to run it: wrapper ("ddp", "zero", "fsdp"), optimizer class and keywords, and
-# extras: zero (ZeroRedundancyOptimizer keywords), groups (two param groups: the last layer's bias
+# extras: zero (ZeroRedundancyOptimizer keywords), ddp (DistributedDataParallel keywords), groups (two param groups: the last layer's bias
 # alone, so that under ZeRO one rank has an empty group), nan (the step on which to inject an
 # inf), raises (the error every rank and one process must raise), resume ("dcp": a
 # distributed checkpoint at half time; "torch": rank 0's state_dict through
@@ -46,6 +46,8 @@ SCENARIOS: dict[str, dict] = {
     "zero-adamw-compile": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, compile=True, fused=False)),
     "zero-adamw-compile-bucket-view": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, compile=True, fused=False),
                                            zero=dict(parameters_as_bucket_view=True)),
+    "ddp-lion-compile-grad-bucket-view": dict(wrap="ddp", opt="Lion", kw=dict(lr=1e-3, compile=True),
+                                              ddp=dict(gradient_as_bucket_view=True)),
     "zero-adamw-empty-group": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2), groups=True),
     "zero-clip": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05)),
     "zero-clip-bucket-view": dict(wrap="zero", opt="AdamW", kw=dict(lr=1e-2, clip_grad_norm=0.05),
@@ -176,7 +178,7 @@ def _build(spec: dict, rank: int):
                 fully_shard(layer, mesh=mesh)
         fully_shard(net, mesh=mesh)
         return net, net, cls(_groups(net, spec), **kw)
-    ddp = nn.parallel.DistributedDataParallel(net)
+    ddp = nn.parallel.DistributedDataParallel(net, **spec.get("ddp", {}))
     if spec["wrap"] == "ddp":
         return net, ddp, cls(_groups(net, spec), **kw)
     from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -210,6 +212,16 @@ def run(name: str, rank: int, tmp: str):
 
 #: the optimizer state entries that hold matrices (Shampoo's, SOAP's), nested lists per parameter
 MATRIX_STATE = ("factors", "inverse_roots", "eigenbases")
+
+
+def grads_in_flat_buffers(opt) -> tuple[int, int]:
+    """(parameters whose ``.grad`` is a view of the compiled engine's flat gradient buffers,
+    flat buckets that keep such a buffer between steps)."""
+    engine = getattr(opt, "_engine", None)
+    buckets = [b for lay in engine._layouts.values() for b in lay.buckets] if engine else []
+    flat = {b.flat_grad.untyped_storage().data_ptr() for b in buckets if b.flat_grad is not None}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return sum(p.grad is not None and p.grad.untyped_storage().data_ptr() in flat for p in params), len(flat)
 
 
 def matrix_state(opt) -> dict[str, tuple[int, int]]:
@@ -311,6 +323,7 @@ def worker(rank: int, port: int, names: list[str], out: str) -> None:
                     results[name], opt = run(name, rank, shared[0])
                 results.update({f"{name}:{fn}_calls": n for fn, n in calls.items()})
                 results[f"{name}:matrix_state"] = matrix_state(opt)
+                results[f"{name}:grads_in_flat_buffers"] = grads_in_flat_buffers(opt)
             except Exception:  # reported by the test of that scenario
                 results[name] = traceback.format_exc()
             dist.barrier()

@@ -143,3 +143,13 @@ def test_shared_storage_stays_eager():
         opt.step()
     assert any("shares its storage" in str(w.message) for w in caught)
     assert a.data_ptr() == buf.data_ptr() and torch.allclose(buf, torch.full((8,), -0.1))
+
+
+def test_ddp_gradient_bucket_views_are_left_to_ddp(ranks):
+    """DDP(gradient_as_bucket_view=True) with compile=True: the gradients stay DDP's bucket views
+    (never rebound to the engine's flat buffer, so no copy back and forth every step); on this
+    CPU the engine keeps one flat buffer per bucket (TRANSIENT_GRADS_ON_CPU is False)."""
+    name = "ddp-lion-compile-grad-bucket-view"
+    for r in ranks:
+        assert r[f"{name}:grads_in_flat_buffers"] == (0, 1)
+    assert r["ddp-adamw:grads_in_flat_buffers"] == (0, 0)  # (torch's fused kernel: no flat buffers)
