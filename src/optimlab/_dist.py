@@ -160,6 +160,8 @@ def map_whole(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
     mesh (round robin) and the result is broadcast, so ``n`` matrices cost ``n / world``
     evaluations per rank instead of ``n``, with the numbers of one process. Other tensors:
     ``fn`` where they are."""
+    if not _distributed():  # (one process: every tensor is whole; ~20 us a step on 6 matrices)
+        return [fn(x) for x in xs]
     # Newton-Schulz cannot fail on any values: no flags (and no host sync) each step
     wholes = share_out([(x, [x], lambda w: [fn(w)], [x]) for x in xs], may_fail=False)
     return [like(y, x) for (y,), x in zip(wholes, xs)]

@@ -83,9 +83,10 @@ def newton_schulz(G: Tensor, steps: int = 5, coefficients=(3.4445, -4.7750, 2.03
     a, b, c = coefficients
     tall = G.size(0) > G.size(1)
     X = G.bfloat16()
+    norm = X.norm().clamp_min(eps)
+    X = X.div_(norm) if X is not G else X / norm  # (in place on our own copy)
     if tall:
         X = X.T
-    X = X / X.norm().clamp_min(eps)
     for _ in range(steps):
         A = X @ X.T
         X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)  # a X + (b A + c A^2) X
