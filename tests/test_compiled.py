@@ -45,7 +45,8 @@ def triple(cls, groups, **kwargs):
     chain_only = {"fused": False} if cls in ("Adam", "AdamW", "SGD", "Adagrad") else {}
     ours = getattr(optimlab, cls)(split_groups(list(nets[0].parameters()), groups), compile=True, **kwargs,
                                   **chain_only)
-    eager = getattr(optimlab, cls)(split_groups(list(nets[1].parameters()), groups), **kwargs, **chain_only)
+    eager = getattr(optimlab, cls)(split_groups(list(nets[1].parameters()), groups), compile=False, **kwargs,
+                                   **chain_only)
     theirs = getattr(torch.optim, cls)(split_groups(list(nets[2].parameters()), groups), **kwargs)
     return nets, (ours, eager, theirs)
 
@@ -381,6 +382,32 @@ def test_auto_mode_only_flattens_large_buckets():
     train(small, opt, 2)
     assert not flat_buckets(opt)
     assert all(p.storage_offset() == 0 for p in small.parameters())
+
+
+@pytest.mark.parametrize("cls", ["RMSprop", "NAdam"])
+def test_default_compiles_large_buckets_only(monkeypatch, cls):
+    """With no flags (compile=None) a bucket of at least AUTO_MIN_NUMEL elements runs the
+    compiled kernel -- the same trajectory as the eager chain and torch -- and a smaller one,
+    here the other param group, stays eager with its parameters where they were."""
+    monkeypatch.setattr(_flat, "AUTO_MIN_NUMEL", 50)
+    nets = [make_net(F64) for _ in range(3)]
+    def groups(net):
+        big = [p for p in net.parameters() if p.numel() >= 18]
+        return [{"params": big}, {"params": [p for p in net.parameters() if p.numel() < 18]}]
+    assert sum(p.numel() for p in groups(nets[0])[0]["params"]) >= 50 > sum(
+        p.numel() for p in groups(nets[0])[1]["params"])
+    ours = getattr(optimlab, cls)(groups(nets[0]), lr=0.01)
+    assert ours.compile is None
+    eager = getattr(optimlab, cls)(groups(nets[1]), lr=0.01, compile=False)
+    theirs = getattr(torch.optim, cls)(groups(nets[2]), lr=0.01)
+    for net, opt in zip(nets, (ours, eager, theirs)):
+        train(net, opt, 6)
+    buckets = flat_buckets(ours)
+    assert [len(b.params) for b in buckets] == [len(groups(nets[0])[0]["params"])]
+    assert all(p.storage_offset() == 0 for p in groups(nets[0])[1]["params"])
+    assert not flat_buckets(eager)
+    assert rel_err(nets[0].parameters(), nets[1].parameters()) < 1e-12
+    assert rel_err(nets[0].parameters(), nets[2].parameters()) < 1e-12
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):

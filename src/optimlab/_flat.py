@@ -27,8 +27,18 @@ count -- as a single ``torch.compile``'d call over flat buffers:
   (non-contiguous, complex, sparse, tensor subclasses, state not shaped like the parameter),
   take the eager path, as does everything when compilation is unavailable: the first failure warns once
   and that device type (or that chain, if only its tracing failed) stays eager for the rest of
-  the process. ``compile=None`` turns it on for buckets of at least ``AUTO_MIN_NUMEL`` elements
-  only.
+  the process.
+* **When.** ``compile=None`` (the default) turns it on for buckets of at least
+  ``AUTO_MIN_NUMEL`` (4 M) elements only: there the compiled step is 2-4x faster than the eager
+  chain and than torch's foreach code (25 M parameters, 2 CPU threads: RMSprop 37 -> 12 ms,
+  NAdam 70 -> 18 ms), and a first step of seconds is paid back within a few hundred steps;
+  smaller buckets, where per-tensor overhead rather than the memory bus decides, stay eager
+  and step at once. ``compile=True`` compiles every bucket, ``compile=False`` none. On CPUs
+  Inductor is told to trust the CPU's own list of vector instruction sets
+  (``cpp.vec_isa_ok``) rather than build and load a test library per set the first time it
+  runs on a machine: that cut a cold first step (empty Inductor cache) from 13 s to 5 s
+  (25 M parameters, 2 CPU threads); a compiler that cannot build for a listed set fails the
+  kernel's build, and the chain steps eagerly with a warning, as for any failure.
 * **Layer-wise chains** (LAMB's trust ratio, LARS, NovoGrad, the cautious rescale) need sums per
   tensor. Their bucket is laid out in rows of ``ROW`` (64) entries, each tensor on whole rows,
   and the kernel gets the buffers as ``(rows, ROW)`` tensors plus the row bookkeeping
@@ -304,7 +314,13 @@ def _backend(gm: torch.fx.GraphModule, example_inputs):
                 _PER_TENSOR[name] = _per_tensor(name)
             node.target = _PER_TENSOR[name]
     gm.recompile()
-    return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+    inductor = torch._dynamo.lookup_backend("inductor")
+    if any(isinstance(x, Tensor) and x.device.type == "cpu" for x in example_inputs):
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch({"cpp.vec_isa_ok": True}):  # (module docstring, "When")
+            return inductor(gm, example_inputs)
+    return inductor(gm, example_inputs)
 
 
 def _with_exact_casts(backend, gm: torch.fx.GraphModule, example_inputs):

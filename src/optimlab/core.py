@@ -450,8 +450,14 @@ class ChainOptimizer(torch.optim.Optimizer):
     ``lr_key`` names the hyperparameter that scales the final update (``None``: the chain's
     output is applied as it is, as for Rprop). ``state_dtype``, ``state_bits`` and
     ``param_rounding`` hold the moments in low precision and round 16-bit parameters
-    stochastically or with Kahan compensation (:mod:`optimlab.precision`); ``compile=True``
-    compiles them into its kernel (8-bit codes excepted: those parameters step eagerly).
+    stochastically or with Kahan compensation (:mod:`optimlab.precision`); the compiled kernel
+    does them too (8-bit codes excepted: those parameters step eagerly).
+
+    ``compile``: ``None`` (default) runs each bucket of at least 4 M elements (the parameters
+    of one group, device, dtype and step count) as one compiled kernel over flat buffers and
+    the rest eagerly; ``True`` compiles every bucket, ``False`` none (:mod:`optimlab._flat`).
+    Where the chain is exactly torch's fused kernel (plain Adam, AdamW, SGD, Adagrad) that
+    kernel runs whatever ``compile`` says, unless ``fused=False``.
     """
 
     #: hyperparameters the base class reads for every optimizer (maximize and the extras).
@@ -470,7 +476,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         defaults: dict[str, Any] | None = None,
         *,
         lr_key: str | None = "lr",
-        compile: bool | None = False,
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
         state_bits: int | None = None,
         param_rounding: str | None = None,

@@ -124,7 +124,7 @@ def test_constructor_options_in_a_group():
     """ZeRO passes every keyword on as a group default: equal to the optimizer's own they are
     dropped, different they are refused (they are not per group)."""
     w = torch.nn.Parameter(torch.ones(3))
-    opt = optimlab.AdamW([{"params": [w], "compile": False, "accumulate_steps": 1}])
+    opt = optimlab.AdamW([{"params": [w], "compile": None, "accumulate_steps": 1}])
     assert "compile" not in opt.param_groups[0] and "accumulate_steps" not in opt.param_groups[0]
     with pytest.raises(ValueError, match=r"accumulate_steps=2 in a param group.*accumulate_steps=1"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "accumulate_steps": 2})

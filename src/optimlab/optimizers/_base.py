@@ -116,7 +116,7 @@ class Optimizer(ChainOptimizer):
         lr_key: str | None = "lr",
         accumulate_steps: int = 1,
         skip_nonfinite: bool = False,
-        compile: bool | None = False,
+        compile: bool | None = None,
         process_group: Any = None,
         state_dtype: torch.dtype | None = None,
         state_bits: int | None = None,
