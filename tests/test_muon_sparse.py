@@ -31,6 +31,48 @@ def test_newton_schulz_is_torchs_and_orthogonalises():
         newton_schulz(torch.ones(2, 2, 2))
 
 
+@pytest.mark.parametrize("read_after", [False, True], ids=["applied-one-at-a-time", "read-by-a-later-transform"])
+def test_deferred_orthogonal_updates(read_after):
+    """Muon's updates are made one matrix at a time as the step applies them (Updates.defer):
+    that is torch's Muon bit for bit; a later transform that reads the updates gets them all at
+    once, each in the parameter's dtype and scaled by its shape's factor (a naive reference)."""
+    from optimlab.transforms import clip_by_value, ema_momentum, orthogonalize
+
+    g = torch.Generator().manual_seed(1)
+    shapes = [(12, 5), (5, 12), (7, 7)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    ours = [torch.nn.Parameter(x.clone()) for x in start]
+    chain = [ema_momentum(nesterov=True), orthogonalize(adjust_lr_fn="match_rms_adamw")]
+    hyper = dict(lr=0.02, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7,
+                 ns_steps=5, adjust_lr_fn="match_rms_adamw")
+    if read_after:
+        chain.append(clip_by_value())
+        hyper["clip_grad_value"] = 1e9
+    opt = optimlab.ChainOptimizer(ours, chain, hyper)
+    ref = [x.clone() for x in start]
+    bufs = [torch.zeros_like(x) for x in start]
+    theirs = [torch.nn.Parameter(x.clone()) for x in start]
+    torch_opt = torch.optim.Muon(theirs, lr=0.02, momentum=0.95, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+    for step in grads:
+        for ps in (ours, theirs):
+            for p, gr in zip(ps, step):
+                p.grad = gr.clone()
+        opt.step()
+        torch_opt.step()
+        for x, b, gr in zip(ref, bufs, step):
+            b.lerp_(gr, 0.05)
+            o = newton_schulz(gr.lerp(b, 0.95), 5, (3.4445, -4.7750, 2.0315), 1e-7)
+            ratio = 0.2 * max(x.shape) ** 0.5
+            x.add_(o.float() * ratio, alpha=-0.02)
+    for a, b, c in zip(ours, theirs, ref):
+        if read_after:
+            assert torch.equal(a.detach(), c)
+        else:
+            assert torch.equal(a.detach(), b.detach())
+            torch.testing.assert_close(a.detach(), c, rtol=1e-6, atol=1e-7)
+
+
 def test_muon_rejects_non_matrices_like_torch():
     net = make_net()
     with pytest.raises(ValueError, match="2D parameters"):

@@ -114,6 +114,13 @@ def step_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def _as_update(x: Tensor, like: Tensor, factor: float) -> Tensor:
+    """A deferred update ``x`` (a new tensor) times ``factor``, in the gradient's dtype."""
+    if x.dtype != like.dtype:
+        x = x.to(like.dtype)
+    return x if factor == 1.0 else x.mul_(factor)
+
+
 def apply_updates(params: list[Tensor], updates: list[Tensor], lr: Scalar | None) -> None:
     """The one place the sign flip happens: ``p <- p - lr * u`` (``p <- p - u`` if ``lr`` is None)."""
     if lr is None:
@@ -248,16 +255,19 @@ class Updates:
     divides as it writes, ``p <- p - lr * scale * num / den`` in one ``addcdiv`` pass (torch's
     own last line for these algorithms), instead of a division, a scaling and an axpy, each a
     pass over memory and the first two a parameter-sized temporary. A scaled update ``num *
-    scale`` (ASGD's ``eta``) is handed over the same way.
+    scale`` (ASGD's ``eta``) is handed over the same way. A transform that maps each tensor
+    separately and expensively (Muon's Newton-Schulz) may hand over a per-tensor function
+    instead (:meth:`defer`): the step then makes and applies one tensor's update at a time.
     """
 
-    __slots__ = ("params", "grads", "_updates", "_ratio", "state", "names", "step", "_owned", "segments")
+    __slots__ = ("params", "grads", "_updates", "_ratio", "_lazy", "state", "names", "step", "_owned", "segments")
 
     def __init__(self, params, grads, state, names, step, updates=None, owned=False, segments=None):
         self.params: list[Tensor] = params
         self.grads: list[Tensor] = grads
         self._updates: list[Tensor] = grads if updates is None else updates
         self._ratio: tuple | None = None
+        self._lazy: tuple | None = None  # (fn, factors) handed over by defer
         self.state: dict[str, list[Tensor]] = state
         self.names: list[str | None] = names
         self.step: int = step
@@ -266,6 +276,11 @@ class Updates:
 
     @property
     def updates(self) -> list[Tensor]:
+        if self._lazy is not None:  # evaluate the per-tensor updates handed over by defer
+            fn, factors = self._lazy
+            self._lazy = None
+            self._updates = [_as_update(fn(i), g, 1.0 if factors is None else factors[i])
+                             for i, g in enumerate(self.grads)]
         if self._ratio is not None:  # evaluate a quotient handed over by replace_ratio
             num, den, scale = self._ratio
             self._ratio = None
@@ -279,7 +294,7 @@ class Updates:
 
     @updates.setter
     def updates(self, new: list[Tensor]) -> None:
-        self._updates, self._ratio = new, None
+        self._updates, self._ratio, self._lazy = new, None, None
 
     def mutable(self) -> list[Tensor]:
         """The updates, copied once if they are still the caller's gradients."""
@@ -303,6 +318,26 @@ class Updates:
             raise ValueError("replace_ratio needs a denominator or a scale")
         self._ratio, self._owned = (num, den, scale), True
 
+    def defer(self, fn: Callable[[int], Tensor], factors: list[float] | None = None) -> None:
+        """Make ``fn(i) * factors[i]`` the update of the ``i``-th tensor, computed one tensor
+        at a time when the step is applied -- ``p.add_(fn(i), alpha=-lr * factors[i])``, so
+        each tensor's temporaries are freed (and their memory reused, still in cache) before
+        the next one's are made -- or all at once if a later transform reads ``updates``.
+        ``fn(i)`` returns a new tensor (of any floating dtype: Muon's bfloat16 matrices are
+        applied as they are, as torch's Muon applies them) and may read the current updates,
+        gradients and state, which must not change before the step is applied (see
+        :meth:`deferred` to compose with it)."""
+        self._lazy, self._ratio, self._owned = (fn, factors), None, True
+
+    def deferred(self) -> Callable[[int], Tensor] | None:
+        """The per-tensor update function handed over by :meth:`defer` (its factors taken as
+        1; None if there is none): a transform that maps each tensor's update separately
+        composes with it and defers again, keeping the step one tensor at a time."""
+        if self._lazy is None:
+            return None
+        fn, factors = self._lazy
+        return fn if factors is None else (lambda i: _as_update(fn(i), self.grads[i], factors[i]))
+
     def apply(self, lr: Scalar | None) -> None:
         """``p <- p - lr * u`` (see :func:`apply_updates`), dividing as it writes where the
         update is a quotient not yet evaluated and the factor a Python number."""
@@ -313,6 +348,12 @@ class Updates:
                 torch._foreach_add_(self.params, num, alpha=value)
             elif self.params:
                 torch._foreach_addcdiv_(self.params, num, den, value=value)
+            return
+        if self._lazy is not None and not isinstance(lr, Tensor):
+            fn, factors = self._lazy
+            self._lazy = None
+            for i, p in enumerate(self.params):
+                p.add_(fn(i), alpha=-(1.0 if lr is None else lr) * (1.0 if factors is None else factors[i]))
             return
         apply_updates(self.params, self.updates, lr)
 
@@ -510,6 +551,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._last_chains: dict[int, tuple] = {}  # id(group) -> the chain its state was made for
         self._said_native = False  # compile=True met torch's fused kernel (said once, at INFO)
         self._native_seen: dict[int, list] = {}  # id(group) -> what _native_of decided
+        self._sizes: dict[int, tuple] = {}  # id(group) -> (params, count, large) (see _large)
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
         if self._precision is not None:
             self._precision.check(self)
@@ -598,6 +640,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("compile", False)
         self.__dict__.setdefault("_said_native", False)
         self._native_seen = {}
+        self._sizes = {}
         for k in ("state_dtype", "state_bits", "param_rounding", "_precision"):
             self.__dict__.setdefault(k, None)
         self.__dict__.setdefault("_micro", 0)
@@ -612,6 +655,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         state = dict(state, **{k: v for k, v in self.__dict__.items() if k not in state})
         state["_engine"] = None
         state["_native_seen"] = {}  # closures over the groups: remade on the next step
+        state["_sizes"] = {}
         return state
 
     # -- state_dict: torch's format; optimlab's extras under one key torch ignores --------------
@@ -808,6 +852,18 @@ class ChainOptimizer(torch.optim.Optimizer):
         global-norm clipping). Returns False to skip the step."""
         return True
 
+    def _large(self, group: dict) -> bool:
+        """Whether the group holds enough elements for ``compile=None`` to compile a bucket of
+        it (:data:`optimlab._flat.AUTO_MIN_NUMEL`); counted again when its parameter list
+        changes, so a small model's step never looks at the compiled engine."""
+        params = group["params"]
+        seen = self._sizes.get(id(group))
+        if seen is None or seen[0] is not params or seen[1] != len(params):
+            from ._flat import AUTO_MIN_NUMEL
+
+            seen = self._sizes[id(group)] = (params, len(params), sum(p.numel() for p in params) >= AUTO_MIN_NUMEL)
+        return seen[2]
+
     def _native_of(self, group: dict) -> Callable | None:
         """:meth:`native` for the group, remembered while the group holds the same value objects
         (compared by identity; a scheduler's new ``lr`` is a new object): deciding it reads
@@ -992,7 +1048,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._said_native = True
             _log.info("%s(compile=True): the chain is torch's fused kernel; that kernel runs the step, "
                       "nothing is compiled (fused=False compiles the chain)", type(self).__name__)
-        if (native is None and (self.compile is not False or group.get("fused"))
+        if (native is None and (self.compile is True or group.get("fused")
+                                or (self.compile is None and self._large(group)))
                 and not group.get("differentiable")):
             # the flat-buffer engine runs what it can; the rest (or all) comes back for eager
             group = self._flat_engine().step_group(self, group)

@@ -28,10 +28,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import torch
 
+from .. import _dist
 from ..core import check_betas, check_nonneg
 from ..registry import register
 from ..transforms.adam import scale_by_adam
@@ -52,7 +54,12 @@ class orthogonalize_flat(orthogonalize):
     orthogonalised as its ``(shape[0], -1)`` matrix (a conv kernel ``(out, in, kh, kw)`` as
     ``(out, in kh kw)``) and reshaped back."""
 
+    def matrix_shape(self, shape):
+        return (shape[0], math.prod(shape[1:]))
+
     def update(self, u, s):
+        if not _dist._distributed():
+            return super().update(u, s)  # (matrices by matrix_shape, deferred)
         shapes = [g.shape for g in u.updates]
         u.replace([g.reshape(g.shape[0], -1) for g in u.updates], fresh=u._owned)
         super().update(u, s)
