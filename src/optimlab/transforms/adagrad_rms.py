@@ -204,7 +204,10 @@ class scale_by_adamax(Transform):
 
     def update(self, u, s):
         m, n, g = u.state["exp_avg"], u.state["exp_inf"], u.updates
-        _ema_(m, s, "b1", g)
+        if isinstance(s["1-b1"], Tensor):
+            _ema_(m, s, "b1", g)
+        else:  # torch's Adamax: one lerp pass (and its roundings)
+            torch._foreach_lerp_(m, g, s["1-b1"])
         scale_(n, s["b2"])
         abs_g = torch._foreach_abs(g)
         torch._foreach_add_(abs_g, s["eps"])
