@@ -316,7 +316,7 @@ class Updates:
         change before the step is applied."""
         if den is None and scale is None:
             raise ValueError("replace_ratio needs a denominator or a scale")
-        self._ratio, self._owned = (num, den, scale), True
+        self._ratio, self._lazy, self._owned = (num, den, scale), None, True
 
     def defer(self, fn: Callable[[int], Tensor], factors: list[float] | None = None) -> None:
         """Make ``fn(i) * factors[i]`` the update of the ``i``-th tensor, computed one tensor
