@@ -68,6 +68,7 @@ SCENARIOS: dict[str, dict] = {
     "fsdp-lars": dict(wrap="fsdp", opt="LARS", kw=dict(lr=0.5)),
     "fsdp-novograd": dict(wrap="fsdp", opt="NovoGrad", kw=dict(lr=1e-2)),
     "fsdp-muon": dict(wrap="fsdp", opt="Muon", kw=dict(lr=1e-2), matrices=True),
+    "fsdp-muon-adam": dict(wrap="fsdp", opt="MuonAdam", kw=dict(lr=1e-2)),
     # preconditioned from the second step on, where the statistics are nearly singular: a change
     # in the last bit of a gradient moves the result by 1e-2 (one process, full batch vs two
     # halves), so these compare with the gradients summed as DDP sums them (reference(halves=True))

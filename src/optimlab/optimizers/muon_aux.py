@@ -33,7 +33,6 @@ import re
 
 import torch
 
-from .. import _dist
 from ..core import check_betas, check_nonneg
 from ..registry import register
 from ..transforms.adam import scale_by_adam
@@ -56,14 +55,6 @@ class orthogonalize_flat(orthogonalize):
 
     def matrix_shape(self, shape):
         return (shape[0], math.prod(shape[1:]))
-
-    def update(self, u, s):
-        if not _dist._distributed():
-            return super().update(u, s)  # (matrices by matrix_shape, deferred)
-        shapes = [g.shape for g in u.updates]
-        u.replace([g.reshape(g.shape[0], -1) for g in u.updates], fresh=u._owned)
-        super().update(u, s)
-        u.replace([o.reshape(shape) for o, shape in zip(u.updates, shapes)], fresh=True)
 
 
 @register("muon-adam")

@@ -128,28 +128,30 @@ class orthogonalize(Transform):
         """The shape of the matrix orthogonalised for an update of ``shape`` (here itself)."""
         return tuple(shape)
 
-    def update(self, u, s):
+    def orthogonal(self, x: Tensor, s: dict) -> Tensor:
+        """Newton-Schulz of ``x`` as its matrix (:meth:`matrix_shape`), shaped like ``x``
+        again; bfloat16."""
+        shape = tuple(x.shape)
+        mat = self.matrix_shape(shape)
         coefficients = (s["a"], s["b"], s["c"])
+        if mat == shape:  # (a reshape costs ~2 us: a tiny model's step is ~100 us)
+            return newton_schulz(x, self.ns_steps, coefficients, s["eps"])
+        return newton_schulz(x.reshape(mat), self.ns_steps, coefficients, s["eps"]).reshape(shape)
+
+    def update(self, u, s):
         if not _dist._distributed():
             # one process: each bfloat16 matrix is applied as torch applies it, p <- p - lr *
             # ratio * O in one pass (no float32 copy, no scaling pass), and made when it is
             # applied, one at a time (its temporaries freed, their memory reused while still
             # in cache, before the next one's are made)
-            shapes = [tuple(g.shape) for g in u.grads]
-            mats = [self.matrix_shape(shape) for shape in shapes]
             get = u.deferred() or u.updates.__getitem__
-
-            def orthogonal(i):
-                if mats[i] == shapes[i]:  # (a reshape costs ~2 us: a tiny model's step is ~100 us)
-                    return newton_schulz(get(i), self.ns_steps, coefficients, s["eps"])
-                return newton_schulz(get(i).reshape(mats[i]), self.ns_steps, coefficients, s["eps"]).reshape(shapes[i])
-
-            u.defer(orthogonal, [_lr_ratio(self.adjust_lr_fn, m) for m in mats])
+            u.defer(lambda i: self.orthogonal(get(i), s),
+                    [_lr_ratio(self.adjust_lr_fn, self.matrix_shape(tuple(g.shape))) for g in u.grads])
             return
 
         def whole(g):
-            o = newton_schulz(g, self.ns_steps, coefficients, s["eps"]).to(g.dtype)
-            ratio = _lr_ratio(self.adjust_lr_fn, g.shape)
+            o = self.orthogonal(g, s).to(g.dtype)
+            ratio = _lr_ratio(self.adjust_lr_fn, self.matrix_shape(tuple(g.shape)))
             return o if ratio == 1.0 else o.mul_(ratio)
 
         # shards (FSDP2's DTensors) are orthogonalised whole, each on one rank (see map_whole)
