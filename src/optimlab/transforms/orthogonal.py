@@ -25,6 +25,7 @@ Scalable for LLM Training", 2025), as torch.optim.Muon computes them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -138,6 +139,12 @@ class orthogonalize(Transform):
             return newton_schulz(x, self.ns_steps, coefficients, s["eps"])
         return newton_schulz(x.reshape(mat), self.ns_steps, coefficients, s["eps"]).reshape(shape)
 
+    @functools.lru_cache(maxsize=64)
+    def _ratios(self, shapes: tuple) -> list[float]:
+        """The learning-rate ratio of each matrix shape (remembered: a model steps the same
+        shapes every step)."""
+        return [_lr_ratio(self.adjust_lr_fn, self.matrix_shape(tuple(shape))) for shape in shapes]
+
     def update(self, u, s):
         if not _dist._distributed():
             # one process: each bfloat16 matrix is applied as torch applies it, p <- p - lr *
@@ -145,8 +152,7 @@ class orthogonalize(Transform):
             # applied, one at a time (its temporaries freed, their memory reused while still
             # in cache, before the next one's are made)
             get = u.deferred() or u.updates.__getitem__
-            u.defer(lambda i: self.orthogonal(get(i), s),
-                    [_lr_ratio(self.adjust_lr_fn, self.matrix_shape(tuple(g.shape))) for g in u.grads])
+            u.defer(lambda i: self.orthogonal(get(i), s), self._ratios(tuple(g.shape for g in u.grads)))
             return
 
         def whole(g):
