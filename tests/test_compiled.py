@@ -410,6 +410,26 @@ def test_default_compiles_large_buckets_only(monkeypatch, cls):
     assert rel_err(nets[0].parameters(), nets[2].parameters()) < 1e-12
 
 
+def test_isa_probe_runs_beside_the_first_compile_and_leaves_settings(monkeypatch):
+    """Inductor's ISA probes start in a thread when the first CPU layout is built (a head start
+    on the compile) and are done before Inductor runs; Inductor's settings are as they were
+    after the compile (the probe's and the compile's overrides are both undone)."""
+    import torch._inductor.config as inductor_config
+
+    probe = _flat._IsaProbe()
+    monkeypatch.setattr(_flat, "_ISA_PROBE", probe)
+    monkeypatch.setattr(_flat, "_KERNELS", {})  # a kernel compiled afresh (its backend runs)
+    waited = []
+    real_wait = probe.wait
+    monkeypatch.setattr(probe, "wait", lambda: (real_wait(), waited.append(probe._thread.is_alive())))
+    before = (inductor_config.cpp.vec_isa_ok, inductor_config.compile_threads)
+    net = make_net(torch.float32)
+    train(net, optimlab.RMSprop(net.parameters(), lr=0.01, compile=True), 2)
+    assert probe._thread is not None and not probe._thread.is_alive()
+    assert waited == [False]  # the backend waited for it, once
+    assert (inductor_config.cpp.vec_isa_ok, inductor_config.compile_threads) == before
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch):
     def broken(gm, example_inputs):
         raise RuntimeError("no C++ compiler found")
