@@ -107,3 +107,30 @@ def test_plan_follows_a_chain_change(switch, monkeypatch):
     assert keys_a == keys_b
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_plan_serves_the_part_a_compiled_group_leaves_eager(monkeypatch):
+    """With compile=True, Adafactor's matrices (factored state) stay on the eager path while its
+    vectors run in the compiled kernel: the eager part is the same sub-group every step, so it
+    is planned too -- and the trajectory is the all-eager one (and torch's)."""
+    shapes = [(6, 5), (5,), (4, 6), (4,)]
+    a, b, c = _params(shapes), _params(shapes), _params(shapes)
+    ours = optimlab.Adafactor(a, lr=1e-2, compile=True)
+    eager = optimlab.Adafactor(b, lr=1e-2, compile=False)
+    ref = torch.optim.Adafactor(c, lr=1e-2)
+    gathered = []
+    real = ChainOptimizer._gather
+    monkeypatch.setattr(ChainOptimizer, "_gather", lambda self, group: gathered.append(self is ours) or real(self, group))
+    for k in range(8):
+        for opt, params in ((ours, a), (eager, b), (ref, c)):
+            if k == 5:
+                opt.param_groups[0]["lr"] *= 0.5
+            _grads(params, k)
+            opt.step()
+        if k == 2:
+            gathered.clear()
+    assert ours._engine is not None and ours._engine.rebuilds >= 1  # the vectors were compiled
+    assert not any(gathered), "the eager part was gathered again after the first steps"
+    for x, y, z in zip(a, b, c):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(x, z, rtol=1e-10, atol=1e-12)

@@ -703,6 +703,7 @@ class _Layout:
     outside: list[int]  # indices of parameters not in a bucket (stepped eagerly)
     stateless: list[int]  # ... of which these had no state yet (a first gradient rebuilds)
     dirty: bool = False  # some bucket was stepped in part (its step counts now differ)
+    sub: tuple | None = None  # (indices, dict): the sub-group last handed to the eager path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,10 +786,23 @@ class FlatEngine:
         if len(eager) == len(group["params"]):
             return group
         eager.sort()
+        if lay.sub is not None and lay.sub[0] == eager:
+            # the same sub-group object as last step (its hyperparameters refreshed), so the
+            # eager path's remembered bucket (ChainOptimizer._planned) serves it
+            sub = lay.sub[1]
+            for k, v in group.items():
+                if k != "params" and k != "param_names" and sub.get(k) is not v:
+                    sub[k] = v
+            return sub
         sub = {**group, "params": [group["params"][i] for i in eager]}
         if group.get("param_names"):
             sub["param_names"] = [group["param_names"][i] for i in eager]
+        lay.sub = (eager, sub)
         return sub
+
+    def holds(self, group: dict) -> bool:
+        """Whether ``group`` is a sub-group this engine hands to the eager path every step."""
+        return any(lay.sub is not None and lay.sub[1] is group for lay in self._layouts.values())
 
     def _run_bucket(self, opt, group, chain, b: _Bucket, fresh: list[int]) -> bool:
         """Step the bucket in its kernel; False: it was not stepped (the eager path will)."""

@@ -1121,7 +1121,10 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _plan(self, group, chain, step, params, states, names, keys) -> None:
         """Remember a group's one bucket after an eager step, for :meth:`_planned`."""
-        if any(g is group for g in self.param_groups):  # (not a flat engine's leftover view of one)
+        # a param group, or the part of one the flat engine leaves to this path every step
+        if any(g is group for g in self.param_groups) or (self._engine is not None and self._engine.holds(group)):
+            if len(self._plans) > 2 * len(self.param_groups):  # (sub-groups of layouts rebuilt since)
+                self._plans = {k: v for k, v in self._plans.items() if any(g is v.group for g in self.param_groups)}
             steps = [st.get("step") for st in states] if self.state_step else None
             if not (steps and all(type(t) is Tensor and t.dim() == 0 and t.device.type == "cpu"
                                   and t.dtype == steps[0].dtype for t in steps)):
