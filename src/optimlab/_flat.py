@@ -343,8 +343,10 @@ class _IsaProbe:
     instead of after the tracing. The probes are Inductor's own (``valid_vec_isa_list``, cached
     for the process); the thread mostly waits on the compiler, so it overlaps the work on
     another core. Waited for before Inductor runs; not a daemon, so a process that ends early
-    leaves no half-written test library in Inductor's cache. Measured (25 M parameters, RMSprop,
-    2 threads, empty cache): first step 6.3-6.5 s -> see the README."""
+    leaves no half-written test library in Inductor's cache. Measured (25 M parameters, 2
+    threads, empty cache, first step without -> with the thread, runs alternating in one
+    window): RMSprop 4.15-4.32 -> 3.98-4.01 s, NAdam 4.76-4.85 -> 4.19-4.20 s (in a slower
+    window: RMSprop 6.3-6.5 -> 5.1-5.2 s)."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
