@@ -434,8 +434,6 @@ def _run_kernel(kernel: _Kernel, args) -> list | None:
             backend = functools.partial(_with_exact_casts, backend)
         kernel.fn = torch.compile(_make_step(chain, keys, names, lr_index, maximize, rounding), backend=backend,
                                   dynamic=True, fullgraph=True)
-        if device_type == "cpu":
-            _ISA_PROBE.start()
         out = kernel.fn(*args)
     except Exception as e:  # noqa: BLE001 - any compilation failure means: stay eager
         inner = getattr(e, "inner_exception", None) or e

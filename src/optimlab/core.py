@@ -1072,40 +1072,41 @@ class ChainOptimizer(torch.optim.Optimizer):
         plain = native is None and lowp is None and not torch.is_grad_enabled()
         planned = self._planned(group) if plain else None
         if planned is not None:  # the same bucket as the last step (see _planned)
-            self._step_bucket(group, *planned)
+            plan, grads = planned
+            self._step_bucket(group, plan.chain, plan.step - 1, plan.params, grads, plan.states, plan.names, plan)
             return
         chain, buckets = self._gather(group)
         for (step, *_), (params, grads, states, names) in buckets.items():
             if native is not None and native(params, grads, states, step):
                 continue
-            keys = self._step_bucket(group, chain, step, params, grads, states, names, None)
+            keys = self._step_bucket(group, chain, step, params, grads, states, names)
             if plain and len(buckets) == 1 and keys is not None:
                 self._plan(group, chain, step, params, states, names, keys)
 
-    def _step_bucket(self, group, chain, step, params, grads, states, names, keys=None, steps=None) -> tuple | None:
+    def _step_bucket(self, group, chain, step, params, grads, states, names, plan: _Plan | None = None) -> tuple | None:
         """One bucket's eager step (its parameters share the step count ``step``). Returns the
         state keys handed to the chain, or None where the bucket is not one to plan (complex).
-        ``keys`` and ``steps`` come from :meth:`_planned`: the state keys, and the step tensors
-        of a planned bucket (or None)."""
+        ``plan``: the bucket's :class:`_Plan` where :meth:`_planned` found it unchanged (its
+        state keys, step tensors and size are then known)."""
         lowp = self._precision
-        planned = keys is not None
-        if steps is not None:  # one call instead of one per tensor (~0.6 us each)
-            src = self._plans[id(group)].src
-            src.fill_(step + 1)
-            torch._foreach_copy_(steps, [src] * len(steps))
+        if plan is not None and plan.steps is not None:  # one call instead of one per tensor (~0.6 us each)
+            plan.src.fill_(step + 1)
+            torch._foreach_copy_(plan.steps, [plan.src] * len(plan.steps))
         else:
             self._set_steps(params, states, step + 1)
-        if keys is None:
+        if plan is not None:
+            keys = plan.keys
+        else:
             keys = tuple(dict.fromkeys(k for st in states for k in st
                                        if k not in _ENGINE_KEYS and (lowp is None or not is_aux(k))))
         state = {k: [st.get(k) for st in states] for k in keys}
-        complex_ = not planned and any(p.is_complex() for p in params)
+        complex_ = plan is None and any(p.is_complex() for p in params)
         if complex_:  # torch's rule: a complex tensor is its real view (its state stays full precision)
             params, grads = _real_views(params), _real_views(grads)
             state = {k: _real_views(v) for k, v in state.items()}
         scalars = self._scalars(chain, group, step + 1, states)  # once: host state advances
         maximize, lr = group.get("maximize", False), self._lr(group)
-        for sel in (None,) if planned and self._plans[id(group)].whole else _pieces(chain, params, grads, state):
+        for sel in (None,) if plan is not None and plan.whole else _pieces(chain, params, grads, state):
             write_back = None
             if lowp is None or complex_:
                 u = Updates(*_take(sel, params, grads, state, names), step + 1)
@@ -1135,8 +1136,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                                            steps, sum(p.numel() for p in params) <= 2 * PIECE,
                                            None if steps is None else torch.zeros((), dtype=steps[0].dtype))
 
-    def _planned(self, group: dict) -> tuple | None:
-        """The arguments of :meth:`_step_bucket` for a group stepping as it did last time --
+    def _planned(self, group: dict) -> tuple[_Plan, list] | None:
+        """The plan and this step's gradients, for a group stepping as it did last time --
         the same parameters with a gradient (dense, real), the same chain, their state objects
         unchanged and all at the count the last step left -- without :meth:`_gather`'s
         per-parameter host work (reading each step count, bucketing, ~3 us a tensor: a third
@@ -1167,7 +1168,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         elif self._counts.get(plan.params[0]) != plan.step:
             return None
         plan.step += 1
-        return plan.chain, plan.step - 1, plan.params, grads, plan.states, plan.names, plan.keys, plan.steps
+        return plan, grads
 
     def _flat_engine(self):
         """The flat-buffer engine (:mod:`optimlab._flat`), created on first use."""
