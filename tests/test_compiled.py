@@ -216,9 +216,13 @@ def test_grad_accumulation_compiled_and_fused_flag():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12)
 
 
-def test_layerwise_rows_and_padding():
+@pytest.mark.parametrize("table", [True, False], ids=["gather-table", "segment-reduce"])
+def test_layerwise_rows_and_padding(table, monkeypatch):
     """A layer-wise chain (LAMB) lays each tensor out on whole rows; the row bookkeeping counts
-    every entry once, and whatever sits in the padding never enters a norm."""
+    every entry once, and whatever sits in the padding never enters a norm -- with per-tensor
+    sums from a gather table (small buckets) or from segment_reduce (large ones)."""
+    if not table:
+        monkeypatch.setattr(_flat, "GATHER_EXTRA", -10**9)
     shapes = [(7, 5), (130,), (1,), (0,), (64,), (3, 64), ()]
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, dtype=F64)) for s in shapes]
@@ -233,8 +237,13 @@ def test_layerwise_rows_and_padding():
         ref.step()
         (b,) = flat_buckets(ours)
         if step == 0:
-            _, _, _, (row_tensor, row_len, rows, numel, _) = b.kernel_args
+            _, _, _, (row_tensor, row_len, rows, numel, _, gather) = b.kernel_args
             assert rows.tolist() == [-(-max(p.numel(), 0) // _flat.ROW) for p in params] + [0]
+            assert (gather is not None) == table
+            if table:  # tensor i's row indices, then the index past the last row
+                for i in range(len(params) + 1):
+                    own = (row_tensor == i).nonzero().flatten().tolist()
+                    assert gather[i].tolist() == own + [len(row_tensor)] * (gather.shape[1] - len(own))
             assert numel.tolist()[:-1] == [p.numel() for p in params]
             for i, p in enumerate(params):  # each tensor's rows hold exactly its entries
                 assert int(row_len[row_tensor == i].sum()) == p.numel()

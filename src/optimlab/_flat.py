@@ -135,6 +135,9 @@ MAX_REBUILDS = 32
 _ALIGN_BYTES = 64
 #: row width (entries) of the flat buffers of chains with layer-wise transforms (see Segments)
 ROW = 64
+#: per-tensor sums of a layer-wise chain gather the row sums into a (tensors, most rows) table
+#: when it has at most twice the rows plus this many entries (else: segment_reduce)
+GATHER_EXTRA = 4096
 #: where the gradients are not ours to rebind (DDP's bucket views, ``accumulate_steps > 1``,
 #: torch's ``fused=True``), each step copies them into a flat buffer: on accelerators one made
 #: for the step and freed after it (the caching allocator hands the memory to the next forward
@@ -211,7 +214,7 @@ def _make_step(chain, keys, names, lr_index, maximize, rounding=None):
     kahan = keys.index(KAHAN) if rounding is not None and KAHAN in keys else None
 
     def flat_step(param: Tensor, grad: Tensor, states: list[Tensor], vec: list[Tensor], seg: tuple) -> None:
-        segments = Segments(*seg[:4], width=ROW) if seg else None
+        segments = Segments(*seg[:4], width=ROW, table=seg[5]) if seg else None
         work_param, held = param, []
         if rounding is not None:
             work = torch.promote_types(param.dtype, torch.float32)
@@ -629,8 +632,16 @@ class _Bucket:
                                       device=self.device) for m in masks)
         # one empty tensor more: a per-tensor vector then never has length 1, which Dynamo would
         # specialise (a second compilation for one-tensor buckets)
-        seg = (tensor_of.to(self.device), length.to(self.device), torch.cat([count, count.new_zeros(1)]).to(self.device),
-               torch.tensor([*numels, 0], dtype=torch.float32, device=self.device), selected)
+        rows = torch.cat([count, count.new_zeros(1)])
+        # per-tensor sums: a gather table where it is small (its sum fuses into the kernel; a
+        # segment_reduce call costs more than the sums on a small model), else segment_reduce
+        table, most = None, int(rows.max())
+        if len(rows) * most <= 2 * len(tensor_of) + GATHER_EXTRA:
+            first = torch.cumsum(rows, 0) - rows
+            r = torch.arange(most)
+            table = torch.where(r < rows.unsqueeze(1), first.unsqueeze(1) + r, len(tensor_of)).to(self.device)
+        seg = (tensor_of.to(self.device), length.to(self.device), rows.to(self.device),
+               torch.tensor([*numels, 0], dtype=torch.float32, device=self.device), selected, table)
         return views[0], views[1], views[2:], seg
 
     def alloc_grads(self) -> None:
