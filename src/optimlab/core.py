@@ -780,12 +780,14 @@ class ChainOptimizer(torch.optim.Optimizer):
             for st in states:
                 st["step"] = step
             return
+        held = []
         for st in states:
             t = st.get("step")
             if isinstance(t, Tensor):
-                t.fill_(step)
+                held.append(t)
             else:
                 st["step"] = torch.tensor(float(step), dtype=step_dtype())
+        _fill_all(held, step)
 
     # -- the step -------------------------------------------------------------------------------
     def _chain(self, group: dict) -> tuple[Transform, ...]:
@@ -1295,12 +1297,25 @@ def store_host(states: list[dict], key: str, value: float | Tensor) -> None:
         for st in states:
             st[key] = value
         return
+    held = []  # the 0-d tensors to write in place: in one foreach copy where there are several
     for st in states:
         t = st.get(key)
         if isinstance(t, Tensor) and t.dim() == 0 and not t.requires_grad:
-            t.fill_(value)
+            held.append(t)
         else:
             st[key] = torch.tensor(value, dtype=step_dtype())
+    _fill_all(held, value)
+
+
+def _fill_all(tensors: list[Tensor], value: float) -> None:
+    """``t.fill_(value)`` for every 0-d tensor of the list: one foreach copy from a float64
+    source (the same rounding as ``fill_``'s) for several tensors on one device."""
+    if len(tensors) < 3 or any(t.device != tensors[0].device for t in tensors):
+        for t in tensors:
+            t.fill_(value)
+        return
+    src = torch.tensor(value, dtype=torch.float64, device=tensors[0].device)
+    torch._foreach_copy_(tensors, [src] * len(tensors))
 
 
 #: the eager path runs an elementwise chain over pieces of about this many entries (whole small

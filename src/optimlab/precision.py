@@ -96,25 +96,43 @@ def _blocks(x: Tensor) -> Tensor:
     return flat.view(-1, BLOCK)
 
 
+#: mantissa bits of the lookup of :func:`_nearest`: a float32 in [0, 1] is looked up by its
+#: exponent and top 8 mantissa bits (buckets 0.4 % wide, narrower than any gap of the maps)
+_LOOKUP_BITS = 8
+_ONE_BITS = 0x3F800000  # float32 1.0
+
+
+@functools.lru_cache(maxsize=None)
+def _lookup(bits: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(first, mid)`` for :func:`_nearest` with the map of ``bits`` (7: the signed map's
+    magnitudes, 8: the unsigned map): ``first[b]``, the index among 0 and the map's positive
+    side of the value nearest to the lower end of bucket ``b`` (a float32's bits shifted right by
+    ``23 - _LOOKUP_BITS``), and ``mid[c]``, the float32 midpoint between values ``c`` and
+    ``c + 1`` (inf after the last)."""
+    side = _dynamic_map(bits == 7)
+    side = side[side >= 0]
+    mid = ((side[1:] + side[:-1]) / 2).to(torch.float32)
+    shift = 23 - _LOOKUP_BITS
+    lower = (torch.arange((_ONE_BITS >> shift) + 1, dtype=torch.int64) << shift).to(torch.int32).view(torch.float32)
+    # the value nearest to the bucket's lower end: how many midpoints lie below it ...
+    first = torch.searchsorted(mid.double(), lower.double(), right=False)
+    # ... and no bucket holds two midpoints, so one comparison finishes the job
+    assert int(torch.searchsorted(mid.double(), (lower.double() * (1 + 2.0**-_LOOKUP_BITS)), right=False)
+               .sub(first).max()) <= 1
+    mid = torch.cat([mid, mid.new_full((1,), float("inf"))])
+    return first.to(torch.int16 if bits == 8 else torch.int8).to(device), mid.to(device)
+
+
 def _nearest(a: Tensor, bits: int) -> Tensor:
-    """For ``a`` in [0, 1]: the index of the nearest value among 0 and the map's positive side
-    (0 for zero, 1 for the smallest). Computed, not searched: the decade ``e`` from log10
-    (then corrected by one where log10 rounded across a power of ten), the step ``k`` within
-    it by rounding; ``k = 0`` is the top of the decade below, which is the sorted index
-    ``n_e + k - 1`` with ``n_e = 2^(bits-1-e)`` values in decade ``e`` and ``n_e - 1`` below it."""
-    last = bits - 1
-    ln10 = math.log(10.0)
-    e = torch.floor(torch.log10(a).neg_()).clamp_(0, last)  # a = 0: inf, clamped to the last decade
-    e += (a <= torch.exp(e.add(1).mul_(-ln10))).to(e.dtype)  # log10 rounded across a power of ten:
-    e -= (a > torch.exp(e.mul(-ln10))).to(e.dtype)  # one decade off at most
-    e.clamp_(0, last)
-    n = torch.exp2(e.neg().add_(last))
-    t = a * torch.exp(e * ln10)  # in (0.1, 1] within decade e
-    k = torch.minimum(t.sub_(0.1).mul_(n).div_(0.9).round_().clamp_(min=0), n)
-    # the last decade's k = 0 is 0 itself (no decade below): round between 0 and its one value
-    last_decade = e == last
-    k[last_decade] = (a[last_decade] * 10.0**last >= 0.5).to(k.dtype)
-    return (n + k - 1).to(torch.int16)
+    """For float32 ``a`` in [0, 1]: the index of the nearest value among 0 and the map's
+    positive side (0 for zero, 1 for the smallest), ties to the larger; int16. A lookup on
+    ``a``'s exponent and top mantissa bits gives the value nearest to its bucket's lower end,
+    one comparison with the midpoint above that value the answer (:func:`_lookup`). Out-of-range
+    bits (NaN) are clamped to the top bucket."""
+    first, mid = _lookup(bits, a.device)
+    bucket = (a.view(torch.int32) >> (23 - _LOOKUP_BITS)).clamp_(0, len(first) - 1)
+    code = first[bucket.long()].to(torch.int16)
+    return code + (a >= mid[code.long()]).to(torch.int16)
 
 
 def quantize(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
