@@ -237,7 +237,7 @@ def test_layerwise_rows_and_padding(table, monkeypatch):
         ref.step()
         (b,) = flat_buckets(ours)
         if step == 0:
-            _, _, _, (row_tensor, row_len, rows, numel, _, gather) = b.kernel_args
+            _, _, _, (row_tensor, row_len, rows, numel, _, gather), _ = b.kernel_args
             assert rows.tolist() == [-(-max(p.numel(), 0) // _flat.ROW) for p in params] + [0]
             assert (gather is not None) == table
             if table:  # tensor i's row indices, then the index past the last row

@@ -122,7 +122,7 @@ from torch import Tensor
 
 from . import _dist
 from .core import _ENGINE_KEYS, Segments, Updates, host_float, run_chain, store_host
-from .precision import KAHAN, stochastic_round
+from .precision import _SCALE, BLOCK, KAHAN, _dequantize_blocks, _quantize_blocks, quant_tables, stochastic_round
 
 __all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "compile_stats"]
 
@@ -212,10 +212,13 @@ def _make_step(chain, keys, names, lr_index, maximize, rounding=None):
     masked = [j for j, t in enumerate(chain) if getattr(t, "mask", None) is not None]
     per_tensor = frozenset(k for t in chain for k in t.per_tensor_state)
     kahan = keys.index(KAHAN) if rounding is not None and KAHAN in keys else None
+    # quantized moments (state_bits=8): the codes' index -> their block scales' index
+    scales = {j: keys.index(k + _SCALE) for j, k in enumerate(keys) if k + _SCALE in keys}
 
-    def flat_step(param: Tensor, grad: Tensor, states: list[Tensor], vec: list[Tensor], seg: tuple) -> None:
+    def flat_step(param: Tensor, grad: Tensor, states: list[Tensor], vec: list[Tensor], seg: tuple,
+                  quant: tuple) -> None:
         segments = Segments(*seg[:4], width=ROW, table=seg[5]) if seg else None
-        work_param, held = param, []
+        work_param, held, coded = param, [], []
         if rounding is not None:
             work = torch.promote_types(param.dtype, torch.float32)
             if param.dtype != work:
@@ -226,9 +229,14 @@ def _make_step(chain, keys, names, lr_index, maximize, rounding=None):
                 grad = grad.to(work)
             state = {}
             for j, (k, t) in enumerate(zip(keys, states)):
-                if j == kahan:
+                if j == kahan or k.endswith(_SCALE):
                     continue
-                if k not in per_tensor and t.dtype != work and t.is_floating_point():
+                if j in scales:  # 8-bit codes: the moment's values for the step, as precision.piece
+                    absmax = states[scales[j]]
+                    x = _dequantize_blocks(t.reshape(-1, BLOCK), absmax, quant[1 if t.dtype == torch.int8 else 2])
+                    coded.append((t, absmax, x.view(t.shape).to(work)))
+                    t = coded[-1][2]
+                elif k not in per_tensor and t.dtype != work and t.is_floating_point():
                     held.append((t, t.to(work)))
                     t = held[-1][1]
                 state[k] = [t]
@@ -245,6 +253,13 @@ def _make_step(chain, keys, names, lr_index, maximize, rounding=None):
         run_chain(chain, u, scalars, None if lr_index is None else vec[lr_index])
         for t, x in held:
             t.copy_(x)
+        for codes, absmax, x in coded:  # requantized block by block, each tensor's padding zero
+            signed = codes.dtype == torch.int8
+            blocks = torch.where(torch.arange(BLOCK, device=x.device) < quant[0].unsqueeze(1),
+                                 x.reshape(-1, BLOCK).to(torch.float32), 0.0)
+            new_codes, new_absmax = _quantize_blocks(blocks, signed, *(quant[3:5] if signed else quant[5:7]))
+            codes.copy_(new_codes.view(codes.shape))
+            absmax.copy_(new_absmax)
         if work_param is not param:
             if kahan is not None:  # to nearest, the rounding error kept for the next step
                 param.copy_(work_param)
@@ -562,7 +577,10 @@ class _Bucket:
         self.layerwise = layerwise
         self.device, self.dtype = p0.device, p0.dtype
         numels = [p.numel() for p in params]
-        offs, total = _offsets(numels, p0.element_size(), ROW if layerwise else 1)
+        # quantized moments: every tensor starts on a block, so the flat codes' blocks are the
+        # tensors' own (their scales one flat vector too, views shaped like each tensor's)
+        quantized = any(k.endswith(_SCALE) for k in keys)
+        offs, total = _offsets(numels, p0.element_size(), max(ROW if layerwise else 1, BLOCK if quantized else 1))
         self.numel, self.offs = total, offs
         self.flat_param, pviews = _flatten([p.detach() for p in params], offs, total, p0)
         for p, v in zip(params, pviews):
@@ -574,6 +592,8 @@ class _Bucket:
             if k in per_tensor:
                 n = len(states)
                 flat, views = _flatten([st[k] for st in states], list(range(n)), n + 1, like)
+            elif k.endswith(_SCALE):
+                flat, views = _flatten([st[k] for st in states], [o // BLOCK for o in offs], total // BLOCK, like)
             else:
                 flat, views = _flatten([st[k] for st in states], offs, total, like)
             for st, v in zip(states, views):
@@ -592,6 +612,14 @@ class _Bucket:
         self.kernel_args = (self.flat_param, self.flat_grad, self.flat_state, ())
         if layerwise:
             self.kernel_args = self._rows(numels, offs, per_tensor, masks)
+        quant = ()
+        if quantized:  # entries per block that are a tensor's (the rest is padding, held as 0)
+            valid = torch.full((total // BLOCK,), BLOCK, dtype=torch.int32)
+            for n, o in zip(numels, offs):
+                if n % BLOCK:
+                    valid[(o + n) // BLOCK] = n % BLOCK
+            quant = (valid.to(self.device), *quant_tables(self.device))
+        self.kernel_args = (*self.kernel_args, quant)
         if self.transient and own_grads and not any(p.grad is gv for p, gv in zip(params, self.grad_views)):
             self.drop_grads()  # (no gradient yet; the first to arrive makes the buffer)
         # gradients that autograd allocates afresh (after zero_grad() set them to None) are
@@ -619,7 +647,8 @@ class _Bucket:
         """The kernel's arguments for a layer-wise chain: the flat buffers as ``(rows, ROW)``
         views and the rows' bookkeeping (Segments)."""
         views = [self._as_rows(x) for x in (self.flat_param, self.flat_grad)]
-        views += [x if k in per_tensor else self._as_rows(x) for k, x in zip(self.keys, self.flat_state)]
+        views += [x if k in per_tensor or k.endswith(_SCALE) else self._as_rows(x)
+                  for k, x in zip(self.keys, self.flat_state)]
         # offsets are multiples of ROW, so tensor i owns the next ceil(n_i / ROW) rows
         n = torch.tensor(numels, dtype=torch.int64)
         count = (n + ROW - 1) // ROW
@@ -725,7 +754,14 @@ def _flattenable(p: Tensor, st: dict, keys: tuple, per_tensor: frozenset) -> boo
         return False
     if p.is_complex() or not p.is_floating_point():
         return False
-    return all(st[k].shape == (() if k in per_tensor else p.shape) and st[k].device == p.device
+    def shape(k: str) -> tuple:
+        if k in per_tensor:
+            return ()
+        if k.endswith(_SCALE):  # the block scales of quantized codes (state_bits=8)
+            return (-(-p.numel() // BLOCK),) if k[: -len(_SCALE)] in keys else None
+        return p.shape
+
+    return all(st[k].shape == shape(k) and st[k].device == p.device
                and st[k].layout == torch.strided and not st[k].is_complex() for k in keys)
 
 
@@ -868,7 +904,7 @@ class FlatEngine:
                 vec = vec.to(b.device, non_blocking=True)
             # separate 0-d inputs: a 0-d slice of one dynamic-size input trips up foreach ops
             vec = vec.unbind()
-            out = _run_kernel(kernel, (*b.kernel_args[:3], vec, b.kernel_args[3]))
+            out = _run_kernel(kernel, (*b.kernel_args[:3], vec, *b.kernel_args[3:]))
             if out is not None:
                 for host_dict, got in zip(collectors, out):
                     for k, items in got.items():

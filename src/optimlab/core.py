@@ -498,7 +498,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     output is applied as it is, as for Rprop). ``state_dtype``, ``state_bits`` and
     ``param_rounding`` hold the moments in low precision and round 16-bit parameters
     stochastically or with Kahan compensation (:mod:`optimlab.precision`); the compiled kernel
-    does them too (8-bit codes excepted: those parameters step eagerly).
+    does them too (8-bit codes dequantized and requantized block by block in the same pass).
 
     ``compile``: ``None`` (default) runs each bucket of at least 4 M elements (the parameters
     of one group, device, dtype and step count) as one compiled kernel over flat buffers and
@@ -1071,8 +1071,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         # torch's fused kernel where it is the same algorithm -- also under compile=True: it is
         # one pass over memory already, and no slower than the compiled kernel on any layout
         # (README, "Speed"); fused=False asks for the compiled kernel. With low-precision options
-        # torch's kernels are not used (they hold full precision); the compiled kernel does them,
-        # except 8-bit codes, which stay on the eager path (see optimlab._flat)
+        # torch's kernels are not used (they hold full precision); the compiled kernel does them
+        # (see optimlab._flat)
         lowp = self._precision
         native = None if group.get("differentiable") or lowp else self._native_of(group)
         if native is not None and self.compile is True and not self._said_native:

@@ -104,35 +104,63 @@ _ONE_BITS = 0x3F800000  # float32 1.0
 
 @functools.lru_cache(maxsize=None)
 def _lookup(bits: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``(first, mid)`` for :func:`_nearest` with the map of ``bits`` (7: the signed map's
-    magnitudes, 8: the unsigned map): ``first[b]``, the index among 0 and the map's positive
-    side of the value nearest to the lower end of bucket ``b`` (a float32's bits shifted right by
-    ``23 - _LOOKUP_BITS``), and ``mid[c]``, the float32 midpoint between values ``c`` and
-    ``c + 1`` (inf after the last)."""
+    """``(first, above)`` for :func:`_nearest` with the map of ``bits`` (7: the signed map's
+    magnitudes, 8: the unsigned map), float32 and indexed by bucket (a float32's bits shifted
+    right by ``23 - _LOOKUP_BITS``): ``first[b]``, the index among 0 and the map's positive side
+    of the value nearest to bucket ``b``'s lower end, and ``above[b]``, the smallest float32 at
+    or above the (exact) midpoint between that value and the next (inf after the last)."""
     side = _dynamic_map(bits == 7)
     side = side[side >= 0]
-    mid = ((side[1:] + side[:-1]) / 2).to(torch.float32)
+    mid = (side[1:] + side[:-1]) / 2
+    up = mid.to(torch.float32)
+    up = torch.where(up.double() < mid, torch.nextafter(up, torch.tensor(float("inf"))), up)
     shift = 23 - _LOOKUP_BITS
     lower = (torch.arange((_ONE_BITS >> shift) + 1, dtype=torch.int64) << shift).to(torch.int32).view(torch.float32)
-    # the value nearest to the bucket's lower end: how many midpoints lie below it ...
-    first = torch.searchsorted(mid.double(), lower.double(), right=False)
-    # ... and no bucket holds two midpoints, so one comparison finishes the job
-    assert int(torch.searchsorted(mid.double(), (lower.double() * (1 + 2.0**-_LOOKUP_BITS)), right=False)
-               .sub(first).max()) <= 1
-    mid = torch.cat([mid, mid.new_full((1,), float("inf"))])
-    return first.to(torch.int16 if bits == 8 else torch.int8).to(device), mid.to(device)
+    # the value nearest to the bucket's lower end: how many thresholds lie at or below it ...
+    first = torch.searchsorted(up, lower, right=True)
+    # ... and no bucket holds two thresholds, so one comparison finishes the job
+    upper = torch.nextafter(lower * (1 + 2.0**-_LOOKUP_BITS), torch.tensor(0.0))
+    assert int((torch.searchsorted(up, upper, right=True) - first).max()) <= 1
+    above = torch.cat([up, up.new_full((1,), float("inf"))])[first]
+    return first.to(torch.float32).to(device), above.to(device)
 
 
-def _nearest(a: Tensor, bits: int) -> Tensor:
+def _nearest(a: Tensor, first: Tensor, above: Tensor) -> Tensor:
     """For float32 ``a`` in [0, 1]: the index of the nearest value among 0 and the map's
-    positive side (0 for zero, 1 for the smallest), ties to the larger; int16. A lookup on
-    ``a``'s exponent and top mantissa bits gives the value nearest to its bucket's lower end,
-    one comparison with the midpoint above that value the answer (:func:`_lookup`). Out-of-range
-    bits (NaN) are clamped to the top bucket."""
-    first, mid = _lookup(bits, a.device)
-    bucket = (a.view(torch.int32) >> (23 - _LOOKUP_BITS)).clamp_(0, len(first) - 1)
-    code = first[bucket.long()].to(torch.int16)
-    return code + (a >= mid[code.long()]).to(torch.int16)
+    positive side (0 for zero, 1 for the smallest), exact up to ties (which go to the larger),
+    as an integer-valued float32. A lookup on ``a``'s exponent and top mantissa bits gives
+    the value nearest to its bucket's lower end and the threshold above it, one comparison the
+    answer (the tables of :func:`_lookup`). Out-of-range bits (NaN) are clamped to the top
+    bucket. Plain tensor ops on tables given as arguments: the compiled step runs this too,
+    with the same result."""
+    bucket = (a.view(torch.int32) >> (23 - _LOOKUP_BITS)).clamp(0, first.shape[0] - 1).long()
+    return first[bucket] + (a >= above[bucket]).to(torch.float32)
+
+
+def _quantize_blocks(blocks: Tensor, signed: bool, first: Tensor, above: Tensor) -> tuple[Tensor, Tensor]:
+    """``(codes, absmax)`` of float32 ``blocks`` (rows of ``BLOCK`` entries, padding zero):
+    codes shaped like them, one absmax per row (see :func:`quantize`); ``first, above``: the
+    tables of :func:`_lookup` for the map."""
+    absmax = blocks.abs().amax(1)
+    y = blocks / absmax.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
+    if signed:
+        return torch.copysign(_nearest(y.abs(), first, above), y).to(torch.int8), absmax
+    return _nearest(y.clamp_min(0), first, above).to(torch.uint8), absmax
+
+
+def _dequantize_blocks(codes: Tensor, absmax: Tensor, table: Tensor) -> Tensor:
+    """The float32 values of ``codes`` (rows of ``BLOCK``) with one ``absmax`` per row;
+    ``table``: the map (:func:`quantization_map`) of the codes' signedness."""
+    idx = codes.to(torch.int64)
+    if codes.dtype == torch.int8:
+        idx = idx + 127
+    return table[idx] * absmax.to(torch.float32).unsqueeze(1)
+
+
+def quant_tables(device: torch.device) -> tuple[Tensor, ...]:
+    """What the compiled step needs to (de)quantize on ``device``: the signed and unsigned maps,
+    then :func:`_lookup`'s tables for each."""
+    return (_table(True, device), _table(False, device), *_lookup(7, device), *_lookup(8, device))
 
 
 def quantize(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
@@ -140,14 +168,8 @@ def quantize(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     unsigned one) of the map value nearest to ``x / absmax``, with one float32 ``absmax`` per
     block of ``BLOCK`` entries of ``x.reshape(-1)``. Under the unsigned map negative entries
     are held as 0."""
-    blocks = _blocks(x.to(torch.float32))
-    absmax = blocks.abs().amax(1)
-    y = (blocks / absmax.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)).view(-1)[: x.numel()]
-    if signed:
-        codes = (_nearest(y.abs(), 7) * torch.sign(y).to(torch.int16)).to(torch.int8)
-    else:
-        codes = _nearest(y.clamp_min(0), 8).to(torch.uint8)
-    return codes.view(x.shape), absmax
+    codes, absmax = _quantize_blocks(_blocks(x.to(torch.float32)), signed, *_lookup(7 if signed else 8, x.device))
+    return codes.view(-1)[: x.numel()].view(x.shape), absmax
 
 
 def dequantize(codes: Tensor, absmax: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -219,10 +241,6 @@ class Precision:
     def check(self, opt) -> None:
         """Warn, once at construction, about an option that has nothing to act on."""
         name = type(opt).__name__
-        if self.state_bits and (opt.compile is True or any(g.get("fused") for g in opt.param_groups)):
-            warnings.warn(f"{name}: state_bits=8: the parameters whose moments are quantized (those of "
-                          f"{MIN_QUANTIZED} entries or more) step on the eager path; compile=True / fused=True "
-                          "compile the rest", RuntimeWarning, stacklevel=4)
         if self.state_dtype is not None or self.state_bits is not None:
             if not any(t.moment_state for g in opt.param_groups for t in opt._chain(g)):
                 what = "state_bits=8" if self.state_bits else f"state_dtype={self.state_dtype}"
