@@ -649,14 +649,15 @@ class _Bucket:
         views = [self._as_rows(x) for x in (self.flat_param, self.flat_grad)]
         views += [x if k in per_tensor or k.endswith(_SCALE) else self._as_rows(x)
                   for k, x in zip(self.keys, self.flat_state)]
-        # offsets are multiples of ROW, so tensor i owns the next ceil(n_i / ROW) rows
+        # offsets are multiples of ROW, so tensor i owns the rows up to the next tensor's: its
+        # ceil(n_i / ROW) rows of entries, then (8-bit state: tensors start on whole blocks)
+        # rows of padding only
         n = torch.tensor(numels, dtype=torch.int64)
-        count = (n + ROW - 1) // ROW
-        assert int(count.sum()) * ROW == self.numel and offs == (torch.cumsum(count, 0) - count).mul(ROW).tolist()
+        count = torch.tensor([(b - a) // ROW for a, b in zip(offs, [*offs[1:], self.numel])], dtype=torch.int64)
+        assert int(count.sum()) * ROW == self.numel and all(o % ROW == 0 for o in offs)
         tensor_of = torch.repeat_interleave(torch.arange(len(numels)), count)
-        length = torch.full((self.numel // ROW,), ROW, dtype=torch.int32)
-        partial = (n % ROW != 0).nonzero().flatten()
-        length[torch.cumsum(count, 0)[partial] - 1] = (n[partial] % ROW).to(torch.int32)
+        within = torch.arange(self.numel // ROW) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        length = (n[tensor_of] - within * ROW).clamp(0, ROW).to(torch.int32)
         selected = tuple(torch.tensor([bool(m(name, p)) for name, p in zip(self.names, self.params)] + [False],
                                       device=self.device) for m in masks)
         # one empty tensor more: a per-tensor vector then never has length 1, which Dynamo would
