@@ -419,6 +419,28 @@ def test_default_compiles_large_buckets_only(monkeypatch, cls):
     assert rel_err(nets[0].parameters(), nets[2].parameters()) < 1e-12
 
 
+def test_default_compiles_smaller_buckets_with_low_precision_state(monkeypatch):
+    """compile=None: with low-precision options a bucket compiles from AUTO_MIN_NUMEL_LOWP
+    elements on (the eager path's conversions cost many passes); the same bucket without them
+    stays eager below AUTO_MIN_NUMEL."""
+    monkeypatch.setattr(_flat, "AUTO_MIN_NUMEL_LOWP", 50)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(30, 3), (40,)]]
+    plain = optimlab.Adam([p.detach().clone().requires_grad_() for p in params], lr=0.01)
+    lowp = optimlab.Adam(params, lr=0.01, state_dtype=torch.bfloat16)
+    eager = optimlab.Adam([p.detach().clone().requires_grad_() for p in params], lr=0.01,
+                          state_dtype=torch.bfloat16, compile=False)
+    for opt in (plain, lowp, eager):
+        for _ in range(3):
+            for p in opt.param_groups[0]["params"]:
+                p.grad = torch.ones_like(p)
+            opt.step()
+    assert [len(b.params) for b in flat_buckets(lowp)] == [2]
+    assert not flat_buckets(plain) and not flat_buckets(eager)
+    for p, q in zip(params, eager.param_groups[0]["params"]):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_isa_probe_runs_beside_the_first_compile_and_leaves_settings(monkeypatch):
     """Inductor's ISA probes start in a thread when the first CPU layout is built (a head start
     on the compile) and are done before Inductor runs; Inductor's settings are as they were

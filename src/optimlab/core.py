@@ -881,14 +881,14 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _large(self, group: dict) -> bool:
         """Whether the group holds enough elements for ``compile=None`` to compile a bucket of
-        it (:data:`optimlab._flat.AUTO_MIN_NUMEL`); counted again when its parameter list
+        it (:func:`optimlab._flat.auto_min_numel`); counted again when its parameter list
         changes, so a small model's step never looks at the compiled engine."""
         params = group["params"]
         seen = self._sizes.get(id(group))
         if seen is None or seen[0] is not params or seen[1] != len(params):
-            from ._flat import AUTO_MIN_NUMEL
+            from ._flat import auto_min_numel
 
-            seen = self._sizes[id(group)] = (params, len(params), sum(p.numel() for p in params) >= AUTO_MIN_NUMEL)
+            seen = self._sizes[id(group)] = (params, len(params), sum(p.numel() for p in params) >= auto_min_numel(self))
         return seen[2]
 
     def _native_of(self, group: dict) -> Callable | None:
