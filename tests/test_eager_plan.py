@@ -109,6 +109,34 @@ def test_plan_follows_a_chain_change(switch, monkeypatch):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+def test_chain_follows_a_list_value_edited_in_place():
+    """The group's chain is remembered while its values stay the same objects; a list value is
+    compared by its contents, so editing it in place (Adafactor's eps[0]: None picks the dtype's
+    epsilon) rebuilds the chain -- and the steps match a fresh optimizer built with the new value."""
+    params, fresh = _params([(6, 5), (5,)]), _params([(6, 5), (5,)])
+    opt = optimlab.Adafactor(params, lr=1e-2, eps=[None, 1e-3])
+    for k in range(3):
+        _grads(params, k)
+        opt.step()
+    group = opt.param_groups[0]
+    assert opt._chain(group) is opt._chain(group)  # remembered
+    assert opt._chain(group)[0].dtype_eps
+    group["eps"][0] = 1e-2  # large enough to change the numbers
+    assert not opt._chain(group)[0].dtype_eps
+    ref = optimlab.Adafactor(fresh, lr=1e-2, eps=[None, 1e-3])
+    for k in range(3):
+        _grads(fresh, k)
+        ref.step()
+    ref.param_groups[0]["eps"] = [1e-2, 1e-3]
+    for k in range(3, 5):
+        _grads(params, k)
+        _grads(fresh, k)
+        opt.step()
+        ref.step()
+    for x, y in zip(params, fresh):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
 def test_plan_serves_the_part_a_compiled_group_leaves_eager(monkeypatch):
     """With compile=True, Adafactor's matrices (factored state) stay on the eager path while its
     vectors run in the compiled kernel: the eager part is the same sub-group every step, so it

@@ -796,9 +796,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         the compiled path)."""
         if torch.compiler.is_compiling():  # (a traced step: no host-side cache to guard on)
             return tuple(self.build(group))
-        values = tuple(group.values())
+        # a list value is compared by its contents (it may be edited in place); others by identity
+        values = tuple(tuple(v) if type(v) is list and k not in ("params", "param_names") else v
+                       for k, v in group.items())
         got = self._chains.get(id(group))
-        if got is not None and got[0] is group and len(got[1]) == len(values) and all(map(operator.is_, values, got[1])):
+        if (got is not None and got[0] is group and len(got[1]) == len(values)
+                and all(a is b or (type(a) is tuple and type(b) is tuple and a == b) for a, b in zip(values, got[1]))):
             return got[2]
         chain = tuple(self.build(group))
         if len(self._chains) > 2 * len(self.param_groups) + 8:  # (sub-groups of layouts rebuilt since)
@@ -1309,12 +1312,13 @@ def store_host(states: list[dict], key: str, value: float | Tensor) -> None:
 
 def _fill_all(tensors: list[Tensor], value: float) -> None:
     """``t.fill_(value)`` for every 0-d tensor of the list: one foreach copy from a float64
-    source (the same rounding as ``fill_``'s) for several tensors on one device."""
-    if len(tensors) < 3 or any(t.device != tensors[0].device for t in tensors):
+    source (the same rounding as ``fill_``'s) for several CPU tensors (on an accelerator a
+    fill is an asynchronous launch, where a source tensor would be a synchronous copy)."""
+    if len(tensors) < 3 or any(t.device.type != "cpu" for t in tensors):
         for t in tensors:
             t.fill_(value)
         return
-    src = torch.tensor(value, dtype=torch.float64, device=tensors[0].device)
+    src = torch.tensor(value, dtype=torch.float64)
     torch._foreach_copy_(tensors, [src] * len(tensors))
 
 
