@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from ..core import Transform
+from ..core import PIECE, Transform
 
 __all__ = ["scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_rms"]
 
@@ -54,6 +54,18 @@ def _per_tensor(xs: list, fn) -> list:
         return [fn(r) for r in _rms(xs)]  # (mixed dtypes, DTensors: one tensor at a time)
     sizes = _inv_sqrt(tuple(x.numel() for x in xs), norms[0].dtype, norms[0].device)
     return list(fn(torch.stack(norms) * sizes).unbind())
+
+
+def _chunks(idx: list[int], xs: list) -> list[list[int]]:
+    """``idx`` in consecutive runs of about ``PIECE`` entries of ``xs`` in all (at least one index each)."""
+    out, run, size = [], [], 0
+    for i in idx:
+        if run and size + xs[i].numel() > PIECE:
+            out.append(run)
+            run, size = [], 0
+        run.append(i)
+        size += xs[i].numel()
+    return out + [run] if run else out
 
 
 def _means(xs: list, dim: int) -> list:
@@ -103,36 +115,36 @@ class scale_by_factored_rms(Transform):
         eps1 = [torch.finfo(g.dtype).eps if self.dtype_eps else s["eps1"] for g in u.updates]
         new = list(u.updates)
         # foreach ops over each kind (factored or not), torch's order: a per-tensor op with a
-        # Python number costs ~3 us on a CPU, as much as the whole op on a small tensor
+        # Python number costs ~3 us on a CPU, as much as the whole op on a small tensor. In
+        # chunks of about PIECE entries, so that one chunk's passes find it in cache (a large
+        # tensor is a chunk of its own: its passes follow one another, as torch's loop's do)
         for factored in (True, False):
-            idx = [i for i, r in enumerate(rows if factored else variances) if r is not None]
-            if not idx:
-                continue
-            g, e = [u.updates[i] for i in idx], [eps1[i] for i in idx]
-            sq = torch._foreach_mul(g, g)
-            if factored:  # V = R C / mean(R); a mean is a sum over the count (as Tensor.mean)
-                row, col = [rows[i] for i in idx], [cols[i] for i in idx]
-                torch._foreach_lerp_(row, _means(sq, -1), s["w"])
-                torch._foreach_lerp_(col, _means(sq, -2), s["w"])
-                del sq
-                v = torch._foreach_mul(row, col)
-                mean = _means(row, -2)
-                torch._foreach_clamp_min_(mean, e)
-                torch._foreach_div_(v, mean)
-            else:
-                variance = [variances[i] for i in idx]
-                torch._foreach_lerp_(variance, sq, s["w"])
-                del sq
-                if u.segments is None:
-                    v = torch._foreach_clamp_min(variance, [x * x for x in e])
-                else:  # (one flat tensor: the op Inductor fuses, not a foreach call it runs as is)
-                    v = [x.clamp_min(y * y) for x, y in zip(variance, e)]
-            if factored:
-                torch._foreach_clamp_min_(v, [x * x for x in e])
-            torch._foreach_rsqrt_(v)
-            torch._foreach_mul_(v, g)
-            for i, x in zip(idx, v):
-                new[i] = x
+            for idx in _chunks([i for i, r in enumerate(rows if factored else variances) if r is not None], u.updates):
+                g, e = [u.updates[i] for i in idx], [eps1[i] for i in idx]
+                sq = torch._foreach_mul(g, g)
+                if factored:  # V = R C / mean(R); a mean is a sum over the count (as Tensor.mean)
+                    row, col = [rows[i] for i in idx], [cols[i] for i in idx]
+                    torch._foreach_lerp_(row, _means(sq, -1), s["w"])
+                    torch._foreach_lerp_(col, _means(sq, -2), s["w"])
+                    del sq
+                    v = torch._foreach_mul(row, col)
+                    mean = _means(row, -2)
+                    torch._foreach_clamp_min_(mean, e)
+                    torch._foreach_div_(v, mean)
+                else:
+                    variance = [variances[i] for i in idx]
+                    torch._foreach_lerp_(variance, sq, s["w"])
+                    del sq
+                    if u.segments is None:
+                        v = torch._foreach_clamp_min(variance, [x * x for x in e])
+                    else:  # (one flat tensor: the op Inductor fuses, not a foreach call it runs as is)
+                        v = [x.clamp_min(y * y) for x, y in zip(variance, e)]
+                if factored:
+                    torch._foreach_clamp_min_(v, [x * x for x in e])
+                torch._foreach_rsqrt_(v)
+                torch._foreach_mul_(v, g)
+                for i, x in zip(idx, v):
+                    new[i] = x
         u.replace(new)
         u._owned = True
 
