@@ -884,7 +884,8 @@ class FlatEngine:
         step = b.step + 1
         opt._set_steps(b.params, b.states, step)
         # host-side scalar state (NAdam's mu_product ...) advances in _scalars: keep it to undo
-        host = [(k, [host_float(st.get(k)) for st in b.states]) for t in chain for k in t.host_keys]
+        # (one value per key: a bucket's parameters share their host history, see _build)
+        host = [(k, host_float(b.states[0].get(k))) for t in chain for k in t.host_keys]
         scalars = opt._scalars(chain, group, step, b.states)
         names, values, i = [], [float(step)], 1
         if lr is not None:
@@ -926,10 +927,9 @@ class FlatEngine:
                 return True
         # not compiled: undo this step's bookkeeping, the eager path redoes it
         opt._set_steps(b.params, b.states, step - 1)
-        for k, values in host:
-            for st, v in zip(b.states, values):
-                if v is not None:
-                    store_host([st], k, v)
+        for k, v in host:
+            if v is not None:
+                store_host(b.states, k, v)
         return False
 
     # -- layouts -------------------------------------------------------------------------------

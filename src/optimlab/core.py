@@ -783,11 +783,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         held = []
         for st in states:
             t = st.get("step")
-            if isinstance(t, Tensor):
+            if not isinstance(t, Tensor):
+                st["step"] = torch.tensor(float(step), dtype=step_dtype())
+            elif t.is_cpu:
                 held.append(t)
             else:
-                st["step"] = torch.tensor(float(step), dtype=step_dtype())
-        _fill_all(held, step)
+                t.fill_(step)
+        _fill_cpu(held, step)
 
     # -- the step -------------------------------------------------------------------------------
     def _chain(self, group: dict) -> tuple[Transform, ...]:
@@ -1300,21 +1302,23 @@ def store_host(states: list[dict], key: str, value: float | Tensor) -> None:
         for st in states:
             st[key] = value
         return
-    held = []  # the 0-d tensors to write in place: in one foreach copy where there are several
+    held = []  # the 0-d CPU tensors to write in place: in one foreach copy where there are several
     for st in states:
         t = st.get(key)
         if isinstance(t, Tensor) and t.dim() == 0 and not t.requires_grad:
-            held.append(t)
+            if t.is_cpu:
+                held.append(t)
+            else:  # (on an accelerator a fill is an asynchronous launch; a source tensor, a copy)
+                t.fill_(value)
         else:
             st[key] = torch.tensor(value, dtype=step_dtype())
-    _fill_all(held, value)
+    _fill_cpu(held, value)
 
 
-def _fill_all(tensors: list[Tensor], value: float) -> None:
-    """``t.fill_(value)`` for every 0-d tensor of the list: one foreach copy from a float64
-    source (the same rounding as ``fill_``'s) for several CPU tensors (on an accelerator a
-    fill is an asynchronous launch, where a source tensor would be a synchronous copy)."""
-    if len(tensors) < 3 or any(t.device.type != "cpu" for t in tensors):
+def _fill_cpu(tensors: list[Tensor], value: float) -> None:
+    """``t.fill_(value)`` for every 0-d CPU tensor of the list: one foreach copy from a float64
+    source (the same rounding as ``fill_``'s) where there are several."""
+    if len(tensors) < 3:
         for t in tensors:
             t.fill_(value)
         return
