@@ -591,3 +591,43 @@ def test_transient_gradient_buffer_lives_from_backward_to_zero_grad(monkeypatch,
         flat = {b.flat_grad.untyped_storage().data_ptr() for b in buckets if b.flat_grad is not None}
         assert all(p.grad.untyped_storage().data_ptr() in flat for p in nets[0].parameters() if p.grad is not None)
     assert rel_err(nets[0].parameters(), nets[1].parameters()) <= 1e-12
+
+
+@pytest.mark.parametrize("cls", ["ASGD", "NAdam"])
+def test_bucket_counters_are_one_vector_and_follow_the_state(cls):
+    """A bucket's per-parameter 0-d counters (step, and host state: ASGD's eta and mu, NAdam's
+    mu_product) become views of one vector each, written with one fill a step -- the same
+    numbers as the eager path; a counter rebound by the user is seen (the layout is rebuilt and
+    the new value used), and a state_dict through disk resumes the same trajectory."""
+    import io
+
+    def run(compile, rebind_at=None, reload_at=None, steps=8):
+        net = make_net(F64)
+        opt = getattr(optimlab, cls)(net.parameters(), lr=0.01, compile=compile)
+        for k in range(steps):
+            if k == rebind_at:
+                p = list(net.parameters())[-1]  # (not the first: only the identity check sees it)
+                opt.state[p]["step"] = torch.tensor(float(opt.state[p]["step"]))
+            if k == reload_at:
+                buf = io.BytesIO()
+                torch.save(opt.state_dict(), buf)
+                buf.seek(0)
+                opt = getattr(optimlab, cls)(net.parameters(), lr=0.01, compile=compile)
+                opt.load_state_dict(torch.load(buf, weights_only=True))
+            train(net, opt, 1)
+        return net, opt
+
+    eager_net, _ = run(False)
+    net, opt = run(True)
+    (b,) = flat_buckets(opt)
+    host = {"ASGD": {"step", "eta", "mu"}, "NAdam": {"step", "mu_product"}}[cls]
+    assert set(b.counters) == host
+    for k in host:
+        assert all(opt.state[p][k]._base is b.counters[k] for p in b.params)
+    assert rel_err(net.parameters(), eager_net.parameters()) < 1e-12
+    net2, opt2 = run(True, rebind_at=4)
+    assert opt2._engine.rebuilds == opt._engine.rebuilds + 1  # the rebound count was seen ...
+    assert all(int(st["step"]) == 8 for st in opt2.state.values())  # ... and counts on
+    assert rel_err(net2.parameters(), eager_net.parameters()) < 1e-12
+    net3, _ = run(True, reload_at=4)
+    assert rel_err(net3.parameters(), eager_net.parameters()) < 1e-12

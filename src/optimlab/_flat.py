@@ -565,10 +565,11 @@ class _Bucket:
 
     __slots__ = ("params", "names", "states", "step", "keys", "flat_param", "flat_grad", "flat_state",
                  "grad_views", "own_grads", "transient", "offs", "layerwise", "rows", "numel", "device", "dtype",
-                 "kernel_args", "__weakref__")
+                 "kernel_args", "counters", "check_keys", "countable", "__weakref__")
 
     def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
-                 per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0, transient: bool = False):
+                 per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0, transient: bool = False,
+                 counters: tuple = (), countable: tuple = ()):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
         must not show up in ``p.grad``; nor with torch's ``fused=True``, which leaves ``p.grad``
@@ -580,7 +581,11 @@ class _Bucket:
         entries for a chain with per-tensor reductions. ``per_tensor``: the state keys that hold
         one number per tensor (0-d); each becomes a vector with one entry per tensor (plus the
         empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry. ``masks``: those of
-        the chain's masked transforms, evaluated here once per tensor."""
+        the chain's masked transforms, evaluated here once per tensor. ``counters``: state keys
+        that hold one 0-d CPU tensor per parameter, written with one value for the whole bucket
+        every step (the step count, NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``): they
+        become 0-d views of one vector per key, so a step writes each with one ``fill_`` (twelve
+        tensors: ~10 us of separate writes a key), and :meth:`check` sees a rebound one."""
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = step
@@ -612,6 +617,13 @@ class _Bucket:
                 st[k] = v
             self.flat_state.append(flat)
             state_views.append(views)
+        self.counters: dict[str, Tensor] = {}
+        # keys that may become counters once their values are tensors (host state is a Python
+        # float until the first step writes it; see store_host)
+        self.countable = frozenset(countable) - set(counters)
+        counter_views = [self._count(k) for k in counters]
+        self.check_keys = (*keys, *counters)
+        state_views = [*state_views, *counter_views]
         self.flat_grad = None if self.transient and not own_grads else _zeros(total, p0.dtype, self.device)
         self.grad_views = self._grad_views()
         for p, gv in zip(params, self.grad_views):
@@ -620,7 +632,7 @@ class _Bucket:
                 p.grad = gv
         # what check() compares, per parameter
         self.rows = list(zip(params, [p.data_ptr() for p in params], states, self.grad_views,
-                             zip(*state_views) if keys else [()] * len(params)))
+                             zip(*state_views) if state_views else [()] * len(params)))
         self.kernel_args = (self.flat_param, self.flat_grad, self.flat_state, ())
         if layerwise:
             self.kernel_args = self._rows(numels, offs, per_tensor, masks)
@@ -715,7 +727,7 @@ class _Bucket:
                 return False, [], []
             self.step = step
         grad_of = None if opt.accumulate_steps == 1 else opt._grad
-        keys = self.keys
+        keys = self.check_keys
         missing, fresh = [], []
         for i, (p, ptr, st, gv, views) in enumerate(self.rows):
             if p.data_ptr() != ptr:
@@ -729,6 +741,37 @@ class _Bucket:
             elif g is not gv:
                 fresh.append(i)
         return True, missing, fresh
+
+    def _count(self, key: str) -> tuple:
+        """Make ``key``'s values a vector (:attr:`counters`); the states hold its 0-d views."""
+        flat = torch.stack([st[key] for st in self.states])
+        views = flat.unbind()
+        for st, v in zip(self.states, views):
+            st[key] = v
+        self.counters[key] = flat
+        return views
+
+    def set_steps(self, opt, step: int) -> None:
+        """Every parameter's step count to ``step``: one write where the counts are a vector."""
+        flat = self.counters.get("step")
+        if flat is None:
+            opt._set_steps(self.params, self.states, step)
+        else:
+            flat.fill_(step)
+
+    def store_host(self, states: list[dict], key: str, value) -> None:
+        """:func:`optimlab.core.store_host` for this bucket's states: one write where the key's
+        values are a vector."""
+        flat = self.counters.get(key)
+        if flat is not None and not isinstance(value, Tensor):
+            flat.fill_(value)
+            return
+        store_host(states, key, value)
+        if key in self.countable and states is self.states and not isinstance(value, Tensor) and _counter(states, key):
+            self.countable -= {key}
+            views = self._count(key)
+            self.check_keys = (*self.check_keys, key)
+            self.rows = [(*row[:4], (*row[4], v)) for row, v in zip(self.rows, views)]
 
     def take_grads(self, opt, fresh: list[int]) -> None:
         """Copy gradients that are not our views into their slots; rebind ``p.grad`` to them.
@@ -776,6 +819,15 @@ def _flattenable(p: Tensor, st: dict, keys: tuple, per_tensor: frozenset) -> boo
 
     return all(st[k].shape == shape(k) and st[k].device == p.device
                and st[k].layout == torch.strided and not st[k].is_complex() for k in keys)
+
+
+def _counter(states: list[dict], key: str) -> bool:
+    """Whether ``key`` holds a 0-d CPU tensor of one dtype, off the autograd graph, in every
+    state (see ``_Bucket``'s ``counters``)."""
+    first = states[0].get(key)
+    return isinstance(first, Tensor) and all(
+        type(v) is type(first) and v.dim() == 0 and v.is_cpu and not v.requires_grad and v.dtype == first.dtype
+        for v in (st.get(key) for st in states))
 
 
 def _kept_storage(p: Tensor, ours: set[int], in_buffers: bool) -> str | None:
@@ -882,11 +934,11 @@ class FlatEngine:
             except RuntimeError:
                 return False
         step = b.step + 1
-        opt._set_steps(b.params, b.states, step)
+        b.set_steps(opt, step)
         # host-side scalar state (NAdam's mu_product ...) advances in _scalars: keep it to undo
         # (one value per key: a bucket's parameters share their host history, see _build)
         host = [(k, host_float(b.states[0].get(k))) for t in chain for k in t.host_keys]
-        scalars = opt._scalars(chain, group, step, b.states)
+        scalars = opt._scalars(chain, group, step, b.states, b.store_host)
         names, values, i = [], [float(step)], 1
         if lr is not None:
             values.append(float(lr))
@@ -926,10 +978,10 @@ class FlatEngine:
                 b.step = step
                 return True
         # not compiled: undo this step's bookkeeping, the eager path redoes it
-        opt._set_steps(b.params, b.states, step - 1)
+        b.set_steps(opt, step - 1)
         for k, v in host:
             if v is not None:
-                store_host(b.states, k, v)
+                b.store_host(b.states, k, v)
         return False
 
     # -- layouts -------------------------------------------------------------------------------
@@ -997,14 +1049,16 @@ class FlatEngine:
                     outside.extend(keyed.pop(key))
             outside.sort()
         buckets = []
+        counted = (("step",) if opt.state_step else ()) + tuple(dict.fromkeys(k for t in chain for k in t.host_keys))
         for (_, _, step, _, keys, _), idx in keyed.items():
             params = [group["params"][i] for i in idx]
+            states = [opt.state.get(p, {}) for p in params]
             own = (opt.accumulate_steps == 1 and not (group.get("fused") and opt.compile is False)
                    and not any(_foreign_view(p.grad, ours_grad) for p in params))
-            buckets.append(_Bucket(params, [names[i] if names else None for i in idx],
-                                   [opt.state.get(p, {}) for p in params], keys, own,
+            buckets.append(_Bucket(params, [names[i] if names else None for i in idx], states, keys, own,
                                    layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain),
-                                   step=step, transient=params[0].device.type != "cpu" or TRANSIENT_GRADS_ON_CPU))
+                                   step=step, transient=params[0].device.type != "cpu" or TRANSIENT_GRADS_ON_CPU,
+                                   counters=tuple(k for k in counted if _counter(states, k)), countable=counted))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
         self._layouts[id(group)] = lay
         return lay

@@ -1215,8 +1215,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         else:
             self._engine.zero_grad(self, set_to_none)
 
-    def _scalars(self, chain, group, step, states) -> list[dict]:
-        """Every transform's host-side scalars for one bucket (and its host state, shared)."""
+    def _scalars(self, chain, group, step, states, store=None) -> list[dict]:
+        """Every transform's host-side scalars for one bucket (and its host state, shared;
+        written by ``store``, :func:`store_host` by default)."""
+        store = store or store_host
         view = collections.ChainMap(self._step_info, group)
         out = []
         for t in chain:
@@ -1228,7 +1230,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             host = {k: _host_value(states[0].get(k)) for k in t.host_keys}
             out.append(t.scalars(view, step, host))
             for k in t.host_keys:
-                store_host(states, k, host[k])
+                store(states, k, host[k])
         return out
 
     # -- diagnostics (optimlab.diagnostics) ----------------------------------------------------
