@@ -419,6 +419,26 @@ def test_default_compiles_large_buckets_only(monkeypatch, cls):
     assert rel_err(nets[0].parameters(), nets[2].parameters()) < 1e-12
 
 
+def test_inductor_set_up_runs_while_the_isa_probe_does(monkeypatch):
+    """Inductor's one-time set-up (its compiler's import, its pattern tables) runs before the
+    backend waits for the ISA probe thread, with the argument Inductor itself passes -- so
+    Inductor finds it cached instead of building it after the wait."""
+    from torch._inductor.fx_passes import joint_graph
+
+    calls, order = [], []
+    real = joint_graph.lazy_init
+    monkeypatch.setattr(joint_graph, "lazy_init", lambda *a, **k: (calls.append((a, k)), real(*a, **k))[1])
+    probe = _flat._IsaProbe()
+    monkeypatch.setattr(_flat, "_ISA_PROBE", probe)
+    monkeypatch.setattr(_flat, "_KERNELS", {})  # a kernel compiled afresh (its backend runs)
+    real_wait = probe.wait
+    monkeypatch.setattr(probe, "wait", lambda: (order.append(len(calls)), real_wait())[1])
+    net = make_net(torch.float32)
+    train(net, optimlab.RMSprop(net.parameters(), lr=0.01, compile=True), 2)
+    assert order == [1]  # ours ran before the wait ...
+    assert len(calls) >= 2 and calls[1] == calls[0]  # ... with the key Inductor then uses
+
+
 def test_default_compiles_smaller_buckets_with_low_precision_state(monkeypatch):
     """compile=None: with low-precision options a bucket compiles from AUTO_MIN_NUMEL_LOWP
     elements on (the eager path's conversions cost many passes); the same bucket without them
