@@ -137,11 +137,6 @@ _log = logging.getLogger("optimlab")
 AUTO_MIN_NUMEL = 1 << 22
 #: ... and with low-precision options (state_dtype, state_bits, param_rounding)
 AUTO_MIN_NUMEL_LOWP = 1 << 16
-
-
-def auto_min_numel(opt) -> int:
-    """The smallest bucket ``compile=None`` compiles for the optimizer ``opt``."""
-    return AUTO_MIN_NUMEL if opt._precision is None else AUTO_MIN_NUMEL_LOWP
 #: a group whose layout had to be rebuilt this often stays eager (see FlatEngine._build)
 MAX_REBUILDS = 32
 _ALIGN_BYTES = 64
@@ -181,6 +176,11 @@ def compile_stats() -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # The compiled kernels.
 # ---------------------------------------------------------------------------------------------
+def auto_min_numel(opt) -> int:
+    """The smallest bucket ``compile=None`` compiles for the optimizer ``opt``."""
+    return AUTO_MIN_NUMEL if opt._precision is None else AUTO_MIN_NUMEL_LOWP
+
+
 def _chain_ok(chain: tuple) -> bool:
     """Whether a chain can run on flat buffers: every transform elementwise or layer-wise, and
     masked only where the transform handles masks there (``masks_on_flat``)."""
@@ -601,7 +601,9 @@ class _Bucket:
         that hold one 0-d CPU tensor per parameter, written with one value for the whole bucket
         every step (the step count, NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``): they
         become 0-d views of one vector per key, so a step writes each with one ``fill_`` (twelve
-        tensors: ~10 us of separate writes a key), and :meth:`check` sees a rebound one."""
+        tensors: ~10 us of separate writes a key), and :meth:`check` sees a rebound one.
+        ``countable``: keys that become counters once every state holds a tensor there (host
+        state is a Python float until the first step writes it: see :meth:`store_host`)."""
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = step
