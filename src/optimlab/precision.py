@@ -38,7 +38,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Any
 
