@@ -121,20 +121,26 @@ def test_chain_follows_a_list_value_edited_in_place():
     group = opt.param_groups[0]
     assert opt._chain(group) is opt._chain(group)  # remembered
     assert opt._chain(group)[0].dtype_eps
-    group["eps"][0] = 1e-2  # large enough to change the numbers
+    group["eps"][0] = 10.0  # a floor above every sqrt(V): the update shrinks
     assert not opt._chain(group)[0].dtype_eps
     ref = optimlab.Adafactor(fresh, lr=1e-2, eps=[None, 1e-3])
     for k in range(3):
         _grads(fresh, k)
         ref.step()
-    ref.param_groups[0]["eps"] = [1e-2, 1e-3]
+    ref.param_groups[0]["eps"] = [10.0, 1e-3]
+    unedited = [p.detach().clone() for p in _params([(6, 5), (5,)])]
+    stale = optimlab.Adafactor(unedited, lr=1e-2, eps=[None, 1e-3])
+    for k in range(5):
+        _grads(unedited, k)
+        stale.step()
     for k in range(3, 5):
         _grads(params, k)
         _grads(fresh, k)
         opt.step()
         ref.step()
-    for x, y in zip(params, fresh):
+    for x, y, z in zip(params, fresh, unedited):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+        assert not torch.allclose(x, z)  # (the edit changes the numbers: the old chain would not)
 
 
 def test_plan_serves_the_part_a_compiled_group_leaves_eager(monkeypatch):

@@ -1118,9 +1118,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         ``plan``: the bucket's :class:`_Plan` where :meth:`_planned` found it unchanged (its
         state keys, step tensors and size are then known)."""
         lowp = self._precision
-        if plan is not None and plan.steps is not None:  # one call instead of one per tensor (~0.6 us each)
-            plan.src.fill_(step + 1)
-            torch._foreach_copy_(plan.steps, [plan.src] * len(plan.steps))
+        if plan is not None and plan.steps is not None:  # (CPU step tensors, known: one foreach copy)
+            _fill_cpu(plan.steps, step + 1)
         else:
             self._set_steps(params, states, step + 1)
         if plan is not None:
@@ -1159,11 +1158,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             if not (steps and all(type(t) is Tensor and t.dim() == 0 and t.device.type == "cpu"
                                   and t.dtype == steps[0].dtype for t in steps)):
                 steps = None
-            self._plans[id(group)] = _Plan(group, list(group["params"]), tuple(group.values()),
+            self._plans[id(group)] = _Plan(group, list(group["params"]),
                                            chain, step + 1, [p.grad is not None for p in group["params"]],
                                            params, states, names, keys, self.state, len(self.state),
-                                           steps, sum(p.numel() for p in params) <= 2 * PIECE,
-                                           None if steps is None else torch.zeros((), dtype=steps[0].dtype))
+                                           steps, sum(p.numel() for p in params) <= 2 * PIECE)
 
     def _planned(self, group: dict) -> tuple[_Plan, list] | None:
         """The plan and this step's gradients, for a group stepping as it did last time --
@@ -1185,11 +1183,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             grads = [g for g in grads if g is not None]
         if any(g.is_sparse for g in grads):
             return None
-        values = tuple(group.values())
-        if len(values) != len(plan.values) or not all(map(operator.is_, values, plan.values)):
-            if self._chain(group) != plan.chain:
-                return None
-            plan.values = values
+        if self._chain(group) != plan.chain:  # (the group's chain, remembered while its values are)
+            return None
         # the count the last step left (a traced step, a loaded or edited state changes it)
         if self.state_step:
             if plan.steps is None or plan.states[0].get("step") is not plan.steps[0] or plan.steps[0].item() != plan.step:
@@ -1404,7 +1399,6 @@ class _Plan:
 
     group: dict
     listed: list  # the group's parameters (a copy of the list)
-    values: tuple  # the group's values (compared by identity; else the chain is rebuilt and compared)
     chain: tuple
     step: int  # the count the step left
     has_grad: list[bool]
@@ -1416,7 +1410,6 @@ class _Plan:
     n_state: int
     steps: list | None  # the parameters' 0-d step tensors (state_step; None: other counts)
     whole: bool  # small enough to step at once (see _pieces)
-    src: Tensor | None  # the new count, copied into every step tensor at once
 
 
 #: per-parameter state the engine itself keeps (not handed to transforms)
