@@ -585,7 +585,7 @@ class _Bucket:
 
     def __init__(self, params, names, states, keys, own_grads: bool, layerwise: bool = False,
                  per_tensor: frozenset = frozenset(), masks: list = (), step: int = 0, transient: bool = False,
-                 counters: tuple = (), countable: tuple = ()):
+                 counted: tuple = ()):
         """``own_grads``: ``p.grad`` may become a view of the flat grad buffer (not with
         ``accumulate_steps > 1``: there the kernel's gradient is the accumulated mean, which
         must not show up in ``p.grad``; nor with torch's ``fused=True``, which leaves ``p.grad``
@@ -597,13 +597,13 @@ class _Bucket:
         entries for a chain with per-tensor reductions. ``per_tensor``: the state keys that hold
         one number per tensor (0-d); each becomes a vector with one entry per tensor (plus the
         empty one of :meth:`_rows`), and ``st[k]`` a 0-d view of its entry. ``masks``: those of
-        the chain's masked transforms, evaluated here once per tensor. ``counters``: state keys
-        that hold one 0-d CPU tensor per parameter, written with one value for the whole bucket
-        every step (the step count, NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``): they
-        become 0-d views of one vector per key, so a step writes each with one ``fill_`` (twelve
-        tensors: ~10 us of separate writes a key), and :meth:`check` sees a rebound one.
-        ``countable``: keys that become counters once every state holds a tensor there (host
-        state is a Python float until the first step writes it: see :meth:`store_host`)."""
+        the chain's masked transforms, evaluated here once per tensor. ``counted``: state keys
+        written with one value for the whole bucket every step (the step count, NAdam's
+        ``mu_product``, ASGD's ``eta`` and ``mu``); where every parameter holds a 0-d CPU tensor
+        there (host state is a Python float until the first step writes it: then, see
+        :meth:`store_host`), they become 0-d views of one vector per key (:attr:`counters`), so a
+        step writes each with one ``fill_`` (twelve tensors: ~10 us of separate writes a key),
+        and :meth:`check` sees a rebound one."""
         p0 = params[0]
         self.params, self.names, self.states, self.keys = params, names, states, keys
         self.step = step
@@ -636,9 +636,8 @@ class _Bucket:
             self.flat_state.append(flat)
             state_views.append(views)
         self.counters: dict[str, Tensor] = {}
-        # keys that may become counters once their values are tensors (host state is a Python
-        # float until the first step writes it; see store_host)
-        self.countable = frozenset(countable) - set(counters)
+        counters = tuple(k for k in counted if _counter(states, k))
+        self.countable = frozenset(counted) - set(counters)  # (not yet: see store_host)
         counter_views = [self._count(k) for k in counters]
         self.check_keys = (*keys, *counters)
         state_views = [*state_views, *counter_views]
@@ -1076,7 +1075,7 @@ class FlatEngine:
             buckets.append(_Bucket(params, [names[i] if names else None for i in idx], states, keys, own,
                                    layerwise=_layerwise(chain), per_tensor=per_tensor, masks=_masks(chain),
                                    step=step, transient=params[0].device.type != "cpu" or TRANSIENT_GRADS_ON_CPU,
-                                   counters=tuple(k for k in counted if _counter(states, k)), countable=counted))
+                                   counted=counted))
         lay = _Layout(group, chain, opt.state, list(map(id, group["params"])), buckets, outside, stateless)
         self._layouts[id(group)] = lay
         return lay

@@ -158,9 +158,9 @@ def _quantize_blocks(blocks: Tensor, signed: bool, first: Tensor, above: Tensor)
 def _dequantize_blocks(codes: Tensor, absmax: Tensor, table: Tensor) -> Tensor:
     """The float32 values of ``codes`` (rows of ``BLOCK``) with one ``absmax`` per row;
     ``table``: the map (:func:`quantization_map`) of the codes' signedness."""
-    idx = codes.to(torch.int32)
+    idx = codes.to(torch.int32)  # (a new tensor: shifted in place)
     if codes.dtype == torch.int8:
-        idx = idx + 127
+        idx += 127
     return _at(table, idx) * absmax.to(torch.float32).unsqueeze(1)
 
 
@@ -181,15 +181,9 @@ def quantize(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
 
 def dequantize(codes: Tensor, absmax: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """The values ``codes`` and ``absmax`` (from :func:`quantize`) stand for, shaped like ``codes``."""
-    signed = codes.dtype == torch.int8
-    idx = codes.reshape(-1).to(torch.int32)
-    if signed:
-        idx += 127
-    n = idx.numel()
-    vals = _table(signed, codes.device).index_select(0, idx)
-    if n % BLOCK:
-        vals = torch.cat([vals, vals.new_zeros(-n % BLOCK)])
-    return (vals.view(-1, BLOCK) * absmax.to(torch.float32).unsqueeze(1)).view(-1)[:n].view(codes.shape).to(dtype)
+    table = _table(codes.dtype == torch.int8, codes.device)
+    vals = _dequantize_blocks(_blocks(codes), absmax, table)  # (padding: code 0, the value 0)
+    return vals.view(-1)[: codes.numel()].view(codes.shape).to(dtype)
 
 
 def _is_codes(st: dict, k: str) -> bool:
