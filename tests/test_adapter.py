@@ -330,6 +330,42 @@ def test_plain_torch_algorithms_run_torchs_fused_kernel(name, kwargs):
     assert fast.state_dict()["state"].keys() == chain.state_dict()["state"].keys()
 
 
+@pytest.mark.parametrize("name", ["Adam", "Adagrad"])
+def test_native_step_counts_advance_as_one_vector_and_stay_each_parameters_own(name):
+    """On the fused path a group's step counts are 0-d views of one vector (one add a step, not a
+    foreach over every tensor); each is still its parameter's own count: after an assignment,
+    a copy of the state_dict loaded by a second optimizer, or a checkpoint through disk, the
+    counts and parameters go on as torch's optimizers' do."""
+    net_a, net_b, ours, theirs, x, y = _pair(name, lr=0.01)
+    _train(net_a, ours, x, y, 3)
+    _train(net_b, theirs, x, y, 3)
+    steps = [ours.state[p]["step"] for p in net_a.parameters()]
+    assert len({t.untyped_storage().data_ptr() for t in steps}) == 1 and all(t.ndim == 0 for t in steps)
+    for opt, net in ((ours, net_a), (theirs, net_b)):  # one parameter's count, assigned
+        opt.state[next(net.parameters())]["step"] = torch.tensor(10.0)
+    _train(net_a, ours, x, y, 2)
+    _train(net_b, theirs, x, y, 2)
+    assert [float(ours.state[p]["step"]) for p in net_a.parameters()] == [12.0] + [5.0] * (len(steps) - 1)
+    # a second optimizer over copies of the parameters loads this one's state_dict; both go on
+    net_c, net_d = copy.deepcopy(net_a), copy.deepcopy(net_b)
+    ours_c = getattr(optimlab, name)(net_c.parameters(), lr=0.01)
+    theirs_d = getattr(torch.optim, name)(net_d.parameters(), lr=0.01)
+    ours_c.load_state_dict(copy.deepcopy(ours.state_dict()))  # (torch's load keeps the tensors it is
+    theirs_d.load_state_dict(copy.deepcopy(theirs.state_dict()))  # given: two live optimizers would share them)
+    _train(net_c, ours_c, x, y, 3)
+    _train(net_d, theirs_d, x, y, 3)
+    buf = io.BytesIO()
+    torch.save(ours.state_dict(), buf)
+    buf.seek(0)
+    ours.load_state_dict(torch.load(buf))
+    _train(net_a, ours, x, y, 2)
+    _train(net_b, theirs, x, y, 2)
+    for mine, torchs, opt, topt in ((net_a, net_b, ours, theirs), (net_c, net_d, ours_c, theirs_d)):
+        for p, q in zip(mine.parameters(), torchs.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+            assert float(opt.state[p]["step"]) == float(topt.state[q]["step"])
+
+
 def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):
     """torch.load's default (weights_only=True, what the HF Trainer resumes with) reads a state_dict
     whose groups carry a decay mask: masks are stored as plain data and rebuilt on load."""

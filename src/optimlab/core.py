@@ -560,6 +560,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._sizes: dict[int, tuple] = {}  # id(group) -> (params, count, large) (see _large)
         self._plans: dict[int, _Plan] = {}  # id(group) -> the last eager step's bucket (see _planned)
         self._chains: dict[int, tuple] = {}  # id(group) -> (group, its values, its chain) (see _chain)
+        self._packed_steps: dict[int, tuple] = {}  # id(group) -> (vector, its views) (see _advance_steps)
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
         if self._precision is not None:
             self._precision.check(self)
@@ -651,6 +652,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._sizes = {}
         self._plans = {}
         self._chains = {}
+        self._packed_steps = {}
         for k in ("state_dtype", "state_bits", "param_rounding", "_precision"):
             self.__dict__.setdefault(k, None)
         self.__dict__.setdefault("_micro", 0)
@@ -668,6 +670,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         state["_sizes"] = {}
         state["_plans"] = {}
         state["_chains"] = {}
+        state["_packed_steps"] = {}  # (packed again by the next native step)
         return state
 
     # -- state_dict: torch's format; optimlab's extras under one key torch ignores --------------
@@ -790,6 +793,27 @@ class ChainOptimizer(torch.optim.Optimizer):
             else:
                 t.fill_(step)
         _fill_cpu(held, step)
+
+    def _advance_steps(self, group: dict, states: list[dict]) -> list[Tensor]:
+        """Add 1 to the step counts of ``states`` and return them (0-d float32 tensors on the parameters' device,
+        as torch's fused kernels take them). The counts of a group are held as 0-d views of one
+        vector, so that this is one op instead of a foreach over every tensor (~280 us on 196
+        tensors on a CPU: 1.5 % of a fused Adam step on 25 M parameters). A count that is not
+        the view held (a loaded state_dict, an assignment, another set of parameters) packs
+        them again; a view's own value is its parameter's count, as before."""
+        steps = [st["step"] for st in states]
+        packed = self._packed_steps.get(id(group))
+        if packed is None or len(packed[1]) != len(steps) or not all(map(operator.is_, packed[1], steps)):
+            if len(steps) < 2 or any(t.ndim for t in steps):
+                torch._foreach_add_(steps, 1)
+                return steps
+            vector = torch.stack(steps)
+            steps = list(vector.unbind())
+            for st, view in zip(states, steps):
+                st["step"] = view
+            self._packed_steps[id(group)] = packed = (vector, steps)
+        packed[0].add_(1)
+        return steps
 
     # -- the step -------------------------------------------------------------------------------
     def _chain(self, group: dict) -> tuple[Transform, ...]:

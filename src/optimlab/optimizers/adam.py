@@ -67,9 +67,8 @@ class Adam(Optimizer):
             maxs = state_column(states, "max_exp_avg_sq") if amsgrad else []
             if exp_avgs is None or exp_avg_sqs is None or maxs is None:
                 return False
-            steps = [st["step"] for st in states]
             b1, b2 = group["betas"]
-            torch._foreach_add_(steps, 1)
+            steps = self._advance_steps(group, states)
             kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
             kernel(params, grads, exp_avgs, exp_avg_sqs, maxs, steps, amsgrad=amsgrad,
                    lr=kernel_lr(group["lr"], params[0].device),

@@ -75,8 +75,7 @@ class Adagrad(Optimizer):
         def step(params, grads, states, _):  # as torch's _fused_adagrad, for one device and dtype
             if not fused_ready(params, grads, states) or (sums := state_column(states, "sum")) is None:
                 return False
-            steps = [st["step"] for st in states]
-            torch._foreach_add_(steps, 1)
+            steps = self._advance_steps(group, states)
             torch._fused_adagrad_(params, grads, sums, steps, lr=kernel_lr(group["lr"], params[0].device),
                                   lr_decay=group["lr_decay"],
                                   weight_decay=group["weight_decay"], eps=group["eps"],
