@@ -84,6 +84,31 @@ def make_net(dtype=torch.float64, seed: int = 0) -> TinyNet:
     return TinyNet(dtype)
 
 
+def twin_params(shapes, dtype=torch.float32, seed: int = 0) -> tuple[list, list]:
+    """Parameters drawn from ``seed`` and a copy of them: one optimizer steps each, and the
+    test compares the two runs."""
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
+    return params, [torch.nn.Parameter(p.detach().clone()) for p in params]
+
+
+def step_twins(*runs) -> None:
+    """One step of each ``(params, optimizer)`` run with the same fresh random gradients."""
+    grads = [torch.randn_like(p) for p in runs[0][0]]
+    for params, opt in runs:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+
+
+def padding(bucket) -> torch.Tensor:
+    """A flat bucket's entries that no tensor owns (the padding between tensors), as a mask."""
+    used = torch.zeros(bucket.numel, dtype=torch.bool)
+    for p, off in zip(bucket.params, bucket.offs):
+        used[off: off + p.numel()] = True
+    return ~used
+
+
 def split_groups(params: list, groups: list[dict]) -> list[dict]:
     """Split parameters round-robin into len(groups) param groups with the given overrides."""
     if len(groups) == 1:

@@ -14,7 +14,7 @@ import torch
 
 import optimlab
 from optimlab import _flat
-from problems import make_net, net_data, split_groups
+from problems import make_net, net_data, padding, split_groups, step_twins, twin_params
 
 F64 = torch.float64
 
@@ -223,18 +223,11 @@ def test_layerwise_rows_and_padding(table, monkeypatch):
     sums from a gather table (small buckets) or from segment_reduce (large ones)."""
     if not table:
         monkeypatch.setattr(_flat, "GATHER_EXTRA", -10**9)
-    shapes = [(7, 5), (130,), (1,), (0,), (64,), (3, 64), ()]
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, dtype=F64)) for s in shapes]
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, copies = twin_params([(7, 5), (130,), (1,), (0,), (64,), (3, 64), ()], F64)
     ours = optimlab.LAMB(params, lr=0.01, weight_decay=0.1, compile=True)
     ref = optimlab.LAMB(copies, lr=0.01, weight_decay=0.1)
     for step in range(6):
-        for p, q in zip(params, copies):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        ours.step()
-        ref.step()
+        step_twins((params, ours), (copies, ref))
         (b,) = flat_buckets(ours)
         if step == 0:
             _, _, _, (row_tensor, row_len, rows, numel, _, gather), _ = b.kernel_args
@@ -248,12 +241,9 @@ def test_layerwise_rows_and_padding(table, monkeypatch):
             for i, p in enumerate(params):  # each tensor's rows hold exactly its entries
                 assert int(row_len[row_tensor == i].sum()) == p.numel()
             # garbage in the padding of every flat buffer (params, grads, moments)
-            used = torch.zeros(b.numel, dtype=torch.bool)
-            for v in b.grad_views:
-                off = v.storage_offset() - b.flat_grad.storage_offset()
-                used[off: off + v.numel()] = True
+            pad = padding(b)
             for flat in (b.flat_param, b.flat_grad, *b.flat_state):
-                flat[~used] = 1e3
+                flat[pad] = 1e3
     for p, q in zip(params, copies):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
 
@@ -343,19 +333,13 @@ def test_compile_true_runs_torch_fused_kernel_where_the_chain_is_one(cls, caplog
     """compile=True on a chain that is exactly torch's fused kernel runs that kernel (bit for
     bit torch's fused=True; no flat buffers, nothing compiled) and says so once at INFO;
     fused=False compiles the chain instead."""
-    torch.manual_seed(0)
     kw = dict(lr=0.01, momentum=0.9) if cls == "SGD" else dict(lr=0.01)
-    params = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 32), (32,), (7, 3, 5)]]
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, copies = twin_params([(64, 32), (32,), (7, 3, 5)])
     ours = getattr(optimlab, cls)(params, compile=True, **kw)
     theirs = getattr(torch.optim, cls)(copies, fused=True, **kw)
     with caplog.at_level("INFO", logger="optimlab"):
         for _ in range(5):
-            grads = [torch.randn_like(p) for p in params]
-            for ps, opt in ((params, ours), (copies, theirs)):
-                for p, g in zip(ps, grads):
-                    p.grad = g.clone()
-                opt.step()
+            step_twins((params, ours), (copies, theirs))
     assert not flat_buckets(ours)
     for a, b in zip(params, copies):
         assert torch.equal(a, b)

@@ -14,6 +14,7 @@ import optimlab
 from optimlab.core import PIECE
 from optimlab.precision import (BLOCK, MIN_QUANTIZED, dequantize, quantization_map, quantize, state_bytes,
                                 stochastic_round)
+from problems import padding, step_twins, twin_params
 
 
 def _gaps(y: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -370,28 +371,19 @@ def test_compile_true_compiles_8_bit_state(kw, dtype):
 def test_compiled_8_bit_blocks_ignore_the_padding():
     """Tensors whose sizes are not multiples of the block: garbage written into the flat
     buffers' padding (moments and their codes) never reaches a block's scale."""
-    shapes = [(4100,), (300, 17), (5000,)]
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, copies = twin_params([(4100,), (300, 17), (5000,)])
     ours = optimlab.AdamW(params, lr=1e-2, state_bits=8, compile=True)
     ref = optimlab.AdamW(copies, lr=1e-2, state_bits=8)
     for step in range(4):
-        for p, q in zip(params, copies):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        ours.step()
-        ref.step()
+        step_twins((params, ours), (copies, ref))
         (b,) = [b for lay in ours._engine._layouts.values() for b in lay.buckets]
         assert all(o % BLOCK == 0 for o in b.offs)
-        used = torch.zeros(b.numel, dtype=torch.bool)
-        for p, o in zip(b.params, b.offs):
-            used[o: o + p.numel()] = True
-        for k, flat in zip(b.keys, b.flat_state):
+        pad = padding(b)
+        for flat in b.flat_state:
             if flat.dtype in (torch.int8, torch.uint8):
-                flat[~used] = 100  # codes of large values in the padding
+                flat[pad] = 100  # codes of large values in the padding
         if b.flat_grad is not None:
-            b.flat_grad[~used] = 1e3
+            b.flat_grad[pad] = 1e3
     for p, q in zip(params, copies):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
         for k in ("exp_avg", "exp_avg_sq"):
