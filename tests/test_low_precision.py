@@ -72,21 +72,82 @@ def test_unsigned_map_holds_negatives_as_zero():
 # ---------------------------------------------------------------------------------------------
 # Rounding to 16-bit parameters
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_stochastic_rounding_is_unbiased(dtype):
+def _rounder(how):
+    """stochastic_round as the eager path runs it, or traced and compiled as in a flat kernel."""
+    if how == "eager":
+        return stochastic_round
+    return torch.compile(stochastic_round, dynamic=False, fullgraph=True)
+
+
+@pytest.mark.parametrize("dtype,how", [(torch.bfloat16, "eager"), (torch.bfloat16, "compiled"),
+                                       (torch.float16, "eager")])
+def test_stochastic_rounding_is_unbiased(dtype, how):
+    """Each result is one of the two neighbours of x in ``dtype``, the mean over many draws is
+    x, and an exact value stays -- eager (torch's generator) and compiled (a hash of each
+    entry's index and a drawn seed)."""
+    rnd = _rounder(how)
     torch.manual_seed(0)
     n = 200_000
     values = torch.tensor([1.0 + 1e-3, -0.3 + 1e-4, 5e-3 + 7e-7])
     for v in values:
         x = v.expand(n).contiguous()
-        r = stochastic_round(x, dtype)
+        r = rnd(x, dtype)
         near = x.to(dtype)
         gap = (torch.nextafter(near, torch.full_like(near, math.inf)).float() - near.float()).abs()[0]
         assert ((r.float() - v).abs() <= gap).all()  # one of the two neighbours
         # mean of n Bernoulli choices between the neighbours: std <= gap / (2 sqrt n)
         assert abs(r.float().mean().item() - v.item()) < 6 * gap.item() / (2 * math.sqrt(n))
     exact = torch.tensor([1.0, -2.5, 0.0])
-    assert torch.equal(stochastic_round(exact, dtype).float(), exact)
+    assert torch.equal(rnd(exact, dtype).float(), exact)
+
+
+@pytest.mark.parametrize("how", ["eager", "compiled"])
+def test_stochastic_rounding_to_bfloat16_at_the_edges(how):
+    """Infinities stay, NaN stays NaN, signed zeros and subnormals round between their own
+    neighbours, and a float32 above bfloat16's largest finite value goes to it or to infinity;
+    the same seed gives the same result."""
+    f32 = torch.finfo(torch.float32)
+    bf_max = torch.finfo(torch.bfloat16).max
+    x = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0, f32.max, -f32.max, bf_max, 1e-40, -1e-40,
+                      f32.tiny * 1.01, -3.0, 1.0 + 2**-9]).repeat(500)
+    rnd = _rounder(how)
+    torch.manual_seed(3)
+    r = rnd(x, torch.bfloat16)
+    torch.manual_seed(3)
+    assert torch.equal(r.view(torch.int16), rnd(x, torch.bfloat16).view(torch.int16))
+    assert r.dtype == torch.bfloat16
+    nan = x.isnan()
+    assert r[nan].isnan().all() and not r[~nan].isnan().any()
+    # the neighbours: x's pattern with the lower half cleared (towards zero), and the next
+    # pattern up in magnitude (away from zero; infinity after the largest finite value)
+    bits = x[~nan].view(torch.int32).to(torch.int64)
+    low = (bits & -(1 << 16))
+    high = torch.where(bits & 0xFFFF != 0, low + (1 << 16), low)
+    as_float = lambda b: b.to(torch.int32).view(torch.float32)  # noqa: E731
+    got = r[~nan].float()
+    assert ((got == as_float(low)) | (got == as_float(high))).all()
+    assert torch.equal(got.signbit(), x[~nan].signbit())
+    assert (got[x[~nan].abs() == math.inf].abs() == math.inf).all()
+
+
+def test_compiled_rounding_bits_are_the_eager_hash_and_look_uniform():
+    """The compiled kernel's random bits: the same integers as the hash computed eagerly (no
+    overflow or vectorisation artefact), uniform over 16 bits, uncorrelated between neighbours,
+    and a new seed gives new bits."""
+    from optimlab.precision import _hash_bits16
+
+    x = torch.zeros(1 << 18)
+    seed = torch.tensor(123_456_789)
+    bits = _hash_bits16(x, seed)
+    assert torch.equal(torch.compile(_hash_bits16, dynamic=False)(x, seed), bits)
+    assert int(bits.min()) >= 0 and int(bits.max()) < 1 << 16
+    for part in (bits & 0xFF, bits >> 8):  # 256 bins each: chi-square, 255 degrees of freedom
+        counts = torch.bincount(part, minlength=256).double()
+        expected = x.numel() / 256
+        assert ((counts - expected) ** 2 / expected).sum() < 255 + 6 * math.sqrt(2 * 255)
+    u = bits.double()
+    assert abs(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1]) < 0.01
+    assert (_hash_bits16(x, seed + 1) != bits).float().mean() > 0.99
 
 
 @pytest.mark.parametrize("compile", [False, True])
