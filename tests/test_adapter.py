@@ -366,6 +366,52 @@ def test_native_step_counts_advance_as_one_vector_and_stay_each_parameters_own(n
             assert float(opt.state[p]["step"]) == float(topt.state[q]["step"])
 
 
+@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("AdamW", dict(amsgrad=True)), ("Adagrad", {}),
+                                         ("SGD", dict(momentum=0.9))])
+def test_a_group_in_two_dtypes_runs_torchs_fused_kernel_per_dtype(name, kwargs):
+    """A group of float32 and float64 parameters steps with torch's fused kernel once per dtype,
+    as torch's own wrapper splits it (it used to fall back to the chain); where the kernel
+    takes step counts, each call's are one vector, kept from step to step."""
+    torch.manual_seed(0)
+    values = [torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(3),
+              torch.randn(2, 2, dtype=torch.float64)]
+    ours_p = [torch.nn.Parameter(v.clone()) for v in values]
+    torch_p = [torch.nn.Parameter(v.clone()) for v in values]
+    ours = getattr(optimlab, name)(ours_p, lr=0.01, **kwargs)
+    theirs = getattr(torch.optim, name)(torch_p, lr=0.01, fused=True, **kwargs)
+    kernel = {"Adam": "_fused_adam_", "AdamW": "_fused_adamw_", "Adagrad": "_fused_adagrad_", "SGD": "_fused_sgd_"}[name]
+    calls, storages = [], []
+    real = getattr(torch, kernel)
+
+    def counted(*args, **kw):
+        calls.append(args[0][0].dtype)
+        return real(*args, **kw)
+
+    for step in range(4):
+        grads = [torch.randn_like(v) for v in values]
+        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            if opt is ours:
+                setattr(torch, kernel, counted)
+                try:
+                    opt.step()
+                finally:
+                    setattr(torch, kernel, real)
+            else:
+                opt.step()
+        if "step" in ours.state[ours_p[0]]:
+            storages.append([ours.state[p]["step"].untyped_storage().data_ptr() for p in ours_p])
+    assert calls == [torch.float32, torch.float64] * 4
+    for p, q in zip(ours_p, torch_p):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    if storages:
+        last = storages[-1]
+        assert last[0] == last[2] and last[1] == last[3] and last[0] != last[1]
+        assert storages[1] == last  # (the first step made the state; packed once after it)
+        assert [float(ours.state[p]["step"]) for p in ours_p] == [float(theirs.state[q]["step"]) for q in torch_p]
+
+
 def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):
     """torch.load's default (weights_only=True, what the HF Trainer resumes with) reads a state_dict
     whose groups carry a decay mask: masks are stored as plain data and rebuilt on load."""

@@ -560,7 +560,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._sizes: dict[int, tuple] = {}  # id(group) -> (params, count, large) (see _large)
         self._plans: dict[int, _Plan] = {}  # id(group) -> the last eager step's bucket (see _planned)
         self._chains: dict[int, tuple] = {}  # id(group) -> (group, its values, its chain) (see _chain)
-        self._packed_steps: dict[int, tuple] = {}  # id(group) -> (vector, its views) (see _advance_steps)
+        self._packed_steps: dict[tuple, tuple] = {}  # (see _advance_steps) -> (vector, its views)
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
         if self._precision is not None:
             self._precision.check(self)
@@ -795,14 +795,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         _fill_cpu(held, step)
 
     def _advance_steps(self, group: dict, states: list[dict]) -> list[Tensor]:
-        """Add 1 to the step counts of ``states`` and return them (0-d float32 tensors on the parameters' device,
-        as torch's fused kernels take them). The counts of a group are held as 0-d views of one
-        vector, so that this is one op instead of a foreach over every tensor (~280 us on 196
-        tensors on a CPU: 1.5 % of a fused Adam step on 25 M parameters). A count that is not
-        the view held (a loaded state_dict, an assignment, another set of parameters) packs
-        them again; a view's own value is its parameter's count, as before."""
+        """Add 1 to the step counts of ``states`` and return them (0-d float32 tensors on the
+        parameters' device, as torch's fused kernels take them). The counts are held as 0-d
+        views of one vector, so that this is one op instead of a foreach over every tensor
+        (~280 us on 196 tensors on a CPU: 1.5 % of a fused Adam step on 25 M parameters). A group whose
+        parameters step in several kernel calls (devices, dtypes) holds a vector per call, keyed
+        by its first state. A count that is not the view held (a loaded state_dict, an
+        assignment, another set of parameters) packs them again; a view's own value is its
+        parameter's count, as before."""
         steps = [st["step"] for st in states]
-        packed = self._packed_steps.get(id(group))
+        key = (id(group), id(states[0]))
+        packed = self._packed_steps.get(key)
         if packed is None or len(packed[1]) != len(steps) or not all(map(operator.is_, packed[1], steps)):
             if len(steps) < 2 or any(t.ndim for t in steps):
                 torch._foreach_add_(steps, 1)
@@ -811,7 +814,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             steps = list(vector.unbind())
             for st, view in zip(states, steps):
                 st["step"] = view
-            self._packed_steps[id(group)] = packed = (vector, steps)
+            self._packed_steps[key] = packed = (vector, steps)
         packed[0].add_(1)
         return steps
 

@@ -48,33 +48,49 @@ from ..core import _FUSED_DEVICES, ChainOptimizer, Transform, as_mask, check_int
 from ..transforms.clip import clip_by_global_norm, clip_by_param_norm, clip_by_value
 from ..transforms.regularize import add_decayed_weights, add_l2, decay_weights, l1_prox
 
-__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_ready", "kernel_lr", "state_column", "constructor_options"]
+__all__ = ["Optimizer", "EXTRA_DEFAULTS", "fused_parts", "kernel_lr", "state_column", "constructor_options"]
 
 #: dtypes torch's fused kernels take
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def fused_ready(params, grads, states, move_steps: bool = True) -> bool:
-    """Whether torch's fused kernels take this bucket: dense, contiguous parameters and gradients
-    of one floating-point dtype on one device they support. (The state the kernel reads is
-    checked where its lists are made, :func:`state_column`.) With ``move_steps``, the states'
-    step counts are moved next to the parameters. One loop with early exits: it runs every
-    step, over every tensor, so it reads each attribute once."""
+def fused_parts(params, grads, states, move_steps: bool = True) -> list[tuple[list, list, list]] | None:
+    """The bucket as torch's fused kernels take it: ``(params, grads, states)`` per device and
+    dtype, in order of first appearance (as torch's own wrappers split a group), or None where
+    a tensor is not for them -- a sparse or non-contiguous one, a gradient of another dtype or
+    device than its parameter, a device or dtype they do not support. (The state the kernel
+    reads is checked where its lists are made, :func:`state_column`.) With ``move_steps``,
+    the states' step counts are moved next to their parameters as float32. One loop with
+    early exits: it runs every step, over every tensor, so it reads each attribute once."""
     p0 = params[0]
     device, dtype = p0.device, p0.dtype
-    if device.type not in _FUSED_DEVICES or dtype not in _FUSED_DTYPES:
-        return False
+    uniform = True
     for p, g in zip(params, grads):
-        if (g.dtype is not dtype or p.dtype is not dtype or g.is_sparse or not g.is_contiguous()
-                or not p.is_contiguous() or g.device != device or p.device != device):
-            return False
+        pd, gd = p.dtype, g.dtype
+        if (gd is not pd or g.is_sparse or not g.is_contiguous() or not p.is_contiguous()
+                or g.device != p.device):
+            return None
+        if uniform and (pd is not dtype or p.device != device):
+            uniform = False
+    if uniform:
+        parts = {(device, dtype): (params, grads, states)}
+    else:
+        parts = {}
+        for p, g, st in zip(params, grads, states):
+            part = parts.setdefault((p.device, p.dtype), ([], [], []))
+            part[0].append(p)
+            part[1].append(g)
+            part[2].append(st)
+    if any(d.type not in _FUSED_DEVICES or t not in _FUSED_DTYPES for d, t in parts):
+        return None
     if move_steps:
         f32 = torch.float32
-        for st in states:  # torch's fused kernels keep the step count as float32 on the device
-            t = st["step"]
-            if t.dtype is not f32 or t.device != device:
-                st["step"] = t.to(device=device, dtype=f32)
-    return True
+        for (d, _), (_, _, sts) in parts.items():
+            for st in sts:  # torch's fused kernels keep the step count as float32 on the device
+                t = st["step"]
+                if t.dtype is not f32 or t.device != d:
+                    st["step"] = t.to(device=d, dtype=f32)
+    return list(parts.values())
 
 
 def kernel_lr(lr, device):

@@ -21,7 +21,7 @@ from ..core import check_betas, check_nonneg
 from ..transforms.adam import scale_by_adam
 from ..transforms.regularize import add_decayed_weights
 from ..registry import register
-from ._base import Optimizer, fused_ready, kernel_lr, state_column
+from ._base import Optimizer, fused_parts, kernel_lr, state_column
 
 __all__ = ["Adam", "AdamW"]
 
@@ -54,26 +54,30 @@ class Adam(Optimizer):
 
     def native(self, group):
         """torch's fused Adam/AdamW kernel (one pass over memory) when the group is plain Adam.
-        The kernel is called as torch's ``_fused_adam`` calls it for one device and dtype (the
-        bucket is one: :func:`fused_ready`), and the group's values are read at each call."""
+        The kernel is called as torch's ``_fused_adam`` calls it, once per device and dtype
+        (:func:`fused_parts`), and the group's values are read at each call."""
         if type(self).core is not Adam.core or not self.plain(group):
             return None
 
         def step(params, grads, states, _):
-            if not fused_ready(params, grads, states):
+            parts = fused_parts(params, grads, states)
+            if parts is None:
                 return False
-            exp_avgs, exp_avg_sqs = state_column(states, "exp_avg"), state_column(states, "exp_avg_sq")
             amsgrad = group["amsgrad"]
-            maxs = state_column(states, "max_exp_avg_sq") if amsgrad else []
-            if exp_avgs is None or exp_avg_sqs is None or maxs is None:
-                return False
+            calls = []
+            for ps, gs, sts in parts:  # (every part checked before any is stepped)
+                exp_avgs, exp_avg_sqs = state_column(sts, "exp_avg"), state_column(sts, "exp_avg_sq")
+                maxs = state_column(sts, "max_exp_avg_sq") if amsgrad else []
+                if exp_avgs is None or exp_avg_sqs is None or maxs is None:
+                    return False
+                calls.append((ps, gs, sts, exp_avgs, exp_avg_sqs, maxs))
             b1, b2 = group["betas"]
-            steps = self._advance_steps(group, states)
             kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-            kernel(params, grads, exp_avgs, exp_avg_sqs, maxs, steps, amsgrad=amsgrad,
-                   lr=kernel_lr(group["lr"], params[0].device),
-                   beta1=float(b1), beta2=float(b2), weight_decay=group["weight_decay"], eps=group["eps"],
-                   maximize=group["maximize"], grad_scale=None, found_inf=None)
+            for ps, gs, sts, exp_avgs, exp_avg_sqs, maxs in calls:
+                kernel(ps, gs, exp_avgs, exp_avg_sqs, maxs, self._advance_steps(group, sts), amsgrad=amsgrad,
+                       lr=kernel_lr(group["lr"], ps[0].device),
+                       beta1=float(b1), beta2=float(b2), weight_decay=group["weight_decay"], eps=group["eps"],
+                       maximize=group["maximize"], grad_scale=None, found_inf=None)
             return True
 
         return step

@@ -24,7 +24,7 @@ from ..core import check_betas, check_nonneg, invalid
 from ..registry import register
 from ..transforms.adagrad_rms import scale_by_adadelta, scale_by_adamax, scale_by_inverse_time_decay, scale_by_rms, scale_by_rss
 from ..transforms.momentum import trace
-from ._base import Optimizer, fused_ready, kernel_lr, state_column
+from ._base import Optimizer, fused_parts, kernel_lr, state_column
 
 __all__ = ["Adagrad", "RMSprop", "Adadelta", "Adamax"]
 
@@ -72,14 +72,18 @@ class Adagrad(Optimizer):
         if type(self).core is not Adagrad.core or not self.plain(group):
             return None
 
-        def step(params, grads, states, _):  # as torch's _fused_adagrad, for one device and dtype
-            if not fused_ready(params, grads, states) or (sums := state_column(states, "sum")) is None:
+        def step(params, grads, states, _):  # as torch's _fused_adagrad, per device and dtype
+            parts = fused_parts(params, grads, states)
+            if parts is None:
                 return False
-            steps = self._advance_steps(group, states)
-            torch._fused_adagrad_(params, grads, sums, steps, lr=kernel_lr(group["lr"], params[0].device),
-                                  lr_decay=group["lr_decay"],
-                                  weight_decay=group["weight_decay"], eps=group["eps"],
-                                  maximize=group["maximize"], grad_scale=None, found_inf=None)
+            sums = [state_column(sts, "sum") for _, _, sts in parts]
+            if any(s is None for s in sums):
+                return False
+            for (ps, gs, sts), ss in zip(parts, sums):
+                torch._fused_adagrad_(ps, gs, ss, self._advance_steps(group, sts),
+                                      lr=kernel_lr(group["lr"], ps[0].device), lr_decay=group["lr_decay"],
+                                      weight_decay=group["weight_decay"], eps=group["eps"],
+                                      maximize=group["maximize"], grad_scale=None, found_inf=None)
             return True
 
         return step

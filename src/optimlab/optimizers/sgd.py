@@ -17,7 +17,7 @@ import torch
 from ..core import check_nonneg
 from ..transforms.momentum import trace
 from ..registry import Dim, register
-from ._base import Optimizer, fused_ready, kernel_lr
+from ._base import Optimizer, fused_parts, kernel_lr
 
 __all__ = ["SGD"]
 
@@ -50,8 +50,9 @@ class SGD(Optimizer):
         if type(self).core is not SGD.core or not self.plain(group):
             return None
 
-        def step(params, grads, states, count):  # as torch's _fused_sgd, for one device and dtype
-            if not fused_ready(params, grads, states, move_steps=False):  # SGD keeps no step count
+        def step(params, grads, states, count):  # as torch's _fused_sgd, per device and dtype
+            parts = fused_parts(params, grads, states, move_steps=False)  # (SGD keeps no step count)
+            if parts is None:
                 return False
             momentum = group["momentum"]
             # count None: every parameter has stepped before; the caller advances the counts.
@@ -66,15 +67,18 @@ class SGD(Optimizer):
                         return False
                 elif not all(b.is_contiguous() for b in bufs):
                     return False
-            if first:
-                bufs = [torch.empty_like(g) for g in grads]
-            torch._fused_sgd_(params, grads, bufs, weight_decay=group["weight_decay"], momentum=momentum,
-                              lr=kernel_lr(group["lr"], params[0].device), dampening=group["dampening"],
-                              nesterov=group["nesterov"],
-                              maximize=group["maximize"], is_first_step=first, grad_scale=None, found_inf=None)
-            if first:
-                for st, buf in zip(states, bufs):
-                    st["momentum_buffer"] = buf
+            for ps, gs, sts in parts:
+                if first:
+                    bufs = [torch.empty_like(g) for g in gs]
+                elif momentum != 0 and len(parts) > 1:
+                    bufs = [st["momentum_buffer"] for st in sts]
+                torch._fused_sgd_(ps, gs, bufs, weight_decay=group["weight_decay"], momentum=momentum,
+                                  lr=kernel_lr(group["lr"], ps[0].device), dampening=group["dampening"],
+                                  nesterov=group["nesterov"], maximize=group["maximize"], is_first_step=first,
+                                  grad_scale=None, found_inf=None)
+                if first:
+                    for st, buf in zip(sts, bufs):
+                        st["momentum_buffer"] = buf
             if count is not None:
                 self._set_steps(params, states, count + 1)
             return True
