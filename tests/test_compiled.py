@@ -465,6 +465,36 @@ def test_isa_probe_runs_beside_the_first_compile_and_leaves_settings(monkeypatch
     assert (inductor_config.cpp.vec_isa_ok, inductor_config.compile_threads) == before
 
 
+def test_isa_probe_starts_at_construction_where_the_first_step_compiles(monkeypatch):
+    """The constructor starts the ISA probes when the first step will compile a kernel for CPU
+    parameters (they then run during the first forward and backward pass): compile=True, or
+    compile=None on a large enough group -- not where nothing compiles (compile=False, a small
+    group, torch's fused kernel, a chain that cannot be flattened)."""
+    monkeypatch.setattr(_flat, "AUTO_MIN_NUMEL", 200)
+    monkeypatch.setattr(_flat, "AUTO_MIN_NUMEL_LOWP", 200)
+    started = []
+
+    class Probe:
+        def start(self):
+            started.append(True)
+
+    monkeypatch.setattr(_flat, "_ISA_PROBE", Probe())
+
+    def starts(cls, shapes, **kw):
+        started.clear()
+        cls([torch.nn.Parameter(torch.zeros(s)) for s in shapes], **kw)
+        return bool(started)
+
+    assert starts(optimlab.RMSprop, [(20, 20)])  # 400 >= 200 elements
+    assert starts(optimlab.RMSprop, [(5,)], compile=True)
+    assert starts(optimlab.Adam, [(20, 20)], state_dtype=torch.bfloat16)  # (not torch's kernel then)
+    assert not starts(optimlab.RMSprop, [(10, 10)])  # small: eager
+    assert not starts(optimlab.RMSprop, [(20, 20)], compile=False)
+    assert not starts(optimlab.Adam, [(20, 20)])  # torch's fused kernel
+    assert not starts(optimlab.Adam, [(20, 20)], compile=True)
+    assert not starts(optimlab.Muon, [(20, 20)], compile=True)  # (matrix maths: not flattened)
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch):
     def broken(gm, example_inputs):
         raise RuntimeError("no C++ compiler found")

@@ -564,6 +564,30 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
         if self._precision is not None:
             self._precision.check(self)
+        self._start_probes()
+
+    def _start_probes(self) -> None:
+        """Start Inductor's probes of the CPU (a thread: ``optimlab._flat._IsaProbe``) now when
+        the first step will compile a kernel for CPU parameters -- the decision of
+        :meth:`_step_group`, taken on every parameter (none has a gradient yet) -- so that
+        they run during the first forward and backward pass instead of the first step
+        (~3 s of C++ builds with an empty Inductor cache). Only a head start: nothing here
+        may fail the constructor (the first step decides again)."""
+        if self.compile is False:
+            return
+        try:
+            from ._flat import _ISA_PROBE, _chain_ok
+
+            for group in self.param_groups:
+                if group.get("differentiable") or not any(p.device.type == "cpu" for p in group["params"]):
+                    continue
+                if self._precision is None and self._native_of(group) is not None:
+                    continue  # (torch's fused kernel steps it)
+                if (self.compile is True or group.get("fused") or self._large(group)) and _chain_ok(self._chain(group)):
+                    _ISA_PROBE.start()
+                    return
+        except Exception:  # noqa: BLE001 - a head start only
+            pass
 
     #: update once every ``accumulate_steps`` calls to ``step`` with the mean gradient
     accumulate_steps = 1
