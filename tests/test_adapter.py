@@ -412,6 +412,27 @@ def test_a_group_in_two_dtypes_runs_torchs_fused_kernel_per_dtype(name, kwargs):
         assert [float(ours.state[p]["step"]) for p in ours_p] == [float(theirs.state[q]["step"]) for q in torch_p]
 
 
+def test_native_step_counts_follow_gradients_that_come_and_go():
+    """Each step one parameter has no gradient (a rotating one): the counts that are stepped
+    are packed for that call, the others keep theirs -- the run and every count are torch's,
+    and what is held for the group stays bounded."""
+    torch.manual_seed(0)
+    values = [torch.randn(3, 2) for _ in range(12)]
+    ours_p = [torch.nn.Parameter(v.clone()) for v in values]
+    torch_p = [torch.nn.Parameter(v.clone()) for v in values]
+    ours, theirs = optimlab.Adam(ours_p, lr=0.01), torch.optim.Adam(torch_p, lr=0.01, fused=True)
+    for step in range(30):
+        grads = [torch.randn_like(v) for v in values]
+        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if i == step % len(ps) else g.clone()
+            opt.step()
+    for p, q in zip(ours_p, torch_p):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        assert float(ours.state[p]["step"]) == float(theirs.state[q]["step"])
+    assert len(ours._packed_steps[id(ours.param_groups[0])]) <= 8
+
+
 def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):
     """torch.load's default (weights_only=True, what the HF Trainer resumes with) reads a state_dict
     whose groups carry a decay mask: masks are stored as plain data and rebuilt on load."""

@@ -560,7 +560,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._sizes: dict[int, tuple] = {}  # id(group) -> (params, count, large) (see _large)
         self._plans: dict[int, _Plan] = {}  # id(group) -> the last eager step's bucket (see _planned)
         self._chains: dict[int, tuple] = {}  # id(group) -> (group, its values, its chain) (see _chain)
-        self._packed_steps: dict[tuple, tuple] = {}  # (see _advance_steps) -> (vector, its views)
+        self._packed_steps: dict[int, dict] = {}  # id(group) -> {id(first state): (vector, views)} (_advance_steps)
         self._engine = None  # compiled/flat engine, created on demand (see optimlab._flat)
         if self._precision is not None:
             self._precision.check(self)
@@ -828,8 +828,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         assignment, another set of parameters) packs them again; a view's own value is its
         parameter's count, as before."""
         steps = [st["step"] for st in states]
-        key = (id(group), id(states[0]))
-        packed = self._packed_steps.get(key)
+        held = self._packed_steps.setdefault(id(group), {})
+        packed = held.get(id(states[0]))
         if packed is None or len(packed[1]) != len(steps) or not all(map(operator.is_, packed[1], steps)):
             if len(steps) < 2 or any(t.ndim for t in steps):
                 torch._foreach_add_(steps, 1)
@@ -838,7 +838,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             steps = list(vector.unbind())
             for st, view in zip(states, steps):
                 st["step"] = view
-            self._packed_steps[key] = packed = (vector, steps)
+            held.pop(id(states[0]), None)
+            if len(held) >= 8:  # (parameters whose gradients come and go: keep the latest calls')
+                del held[next(iter(held))]
+            held[id(states[0])] = packed = (vector, steps)
         packed[0].add_(1)
         return steps
 
