@@ -822,11 +822,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         """Add 1 to the step counts of ``states`` and return them (0-d float32 tensors on the
         parameters' device, as torch's fused kernels take them). The counts are held as 0-d
         views of one vector, so that this is one op instead of a foreach over every tensor
-        (~280 us on 196 tensors on a CPU: 1.5 % of a fused Adam step on 25 M parameters). A group whose
-        parameters step in several kernel calls (devices, dtypes) holds a vector per call, keyed
-        by its first state. A count that is not the view held (a loaded state_dict, an
-        assignment, another set of parameters) packs them again; a view's own value is its
-        parameter's count, as before."""
+        (~280 us on 196 tensors on a CPU: 1.5 % of a fused Adam step on 25 M parameters). A
+        group whose parameters step in several kernel calls (devices, dtypes) holds a vector
+        per call, keyed by the call's first state. A count that is not the view held (a loaded
+        state_dict, an assignment, another set of parameters) packs them again; a view's own
+        value is its parameter's count, as before."""
         steps = [st["step"] for st in states]
         held = self._packed_steps.setdefault(id(group), {})
         packed = held.get(id(states[0]))

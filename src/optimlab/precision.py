@@ -194,21 +194,20 @@ def _is_codes(st: dict, k: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Rounding to 16-bit parameters
 # ---------------------------------------------------------------------------------------------
+_MASK32 = (1 << 32) - 1
+
+
 def _hash_bits16(x: Tensor, seed: Tensor) -> Tensor:
     """16 random bits for each entry of ``x`` (int64 in ``[0, 2^16)``) in a compiled kernel: a
     32-bit integer hash (two rounds of xor-shift and multiply) of the entry's index xor
     ``seed``, drawn by the caller from torch's global generator (``torch.manual_seed`` repeats
-    a run). Integer maths,
-    which Inductor vectorises, where its CPU ``rand`` is computed one lane at a time (bfloat16
-    AdamW, 2.1 M parameters: 34 -> 7 ms a step). In int64 under 32-bit masks: no product
-    reaches 2^63 (no signed overflow in the generated C++)."""
+    a run). Integer maths, which Inductor vectorises, where its CPU ``rand`` is computed one
+    lane at a time (bfloat16 AdamW, 2.1 M parameters: 34 -> 7 ms a step). In int64 under
+    32-bit masks: no product reaches 2^63 (no signed overflow in the generated C++)."""
     h = (torch.arange(x.numel(), device=x.device).view(x.shape) & _MASK32) ^ seed
     for _ in range(2):
         h = ((h ^ (h >> 16)) * 0x45D9F3B) & _MASK32
     return (h ^ (h >> 16)) & 0xFFFF
-
-
-_MASK32 = (1 << 32) - 1
 
 
 def stochastic_round(x: Tensor, dtype: torch.dtype) -> Tensor:
