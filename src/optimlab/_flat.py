@@ -126,7 +126,7 @@ import torch
 from torch import Tensor
 
 from . import _dist
-from .core import _ENGINE_KEYS, Segments, Updates, host_float, run_chain, store_host
+from .core import _ENGINE_KEYS, Segments, Updates, host_float, pack_counts, run_chain, store_host
 from .precision import _SCALE, BLOCK, KAHAN, _dequantize_blocks, _quantize_blocks, quant_tables, stochastic_round
 
 __all__ = ["FlatEngine", "AUTO_MIN_NUMEL", "AUTO_MIN_NUMEL_LOWP", "compile_stats"]
@@ -759,13 +759,9 @@ class _Bucket:
                 fresh.append(i)
         return True, missing, fresh
 
-    def _count(self, key: str) -> tuple:
+    def _count(self, key: str) -> list:
         """Make ``key``'s values a vector (:attr:`counters`); the states hold its 0-d views."""
-        flat = torch.stack([st[key] for st in self.states])
-        views = flat.unbind()
-        for st, v in zip(self.states, views):
-            st[key] = v
-        self.counters[key] = flat
+        self.counters[key], views = pack_counts(self.states, key)
         return views
 
     def set_steps(self, opt, step: int) -> None:

@@ -834,10 +834,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             if len(steps) < 2 or any(t.ndim for t in steps):
                 torch._foreach_add_(steps, 1)
                 return steps
-            vector = torch.stack(steps)
-            steps = list(vector.unbind())
-            for st, view in zip(states, steps):
-                st["step"] = view
+            vector, steps = pack_counts(states, "step")
             held.pop(id(states[0]), None)
             if len(held) >= 8:  # (parameters whose gradients come and go: keep the latest calls')
                 del held[next(iter(held))]
@@ -1344,6 +1341,17 @@ def _host_value(v: Any) -> float | Tensor | None:
     if isinstance(v, Tensor) and v.requires_grad and torch.is_grad_enabled():
         return v
     return host_float(v)
+
+
+def pack_counts(states: list[dict], key: str) -> tuple[Tensor, list[Tensor]]:
+    """Make ``key``'s 0-d tensors in ``states`` (one dtype and device) 0-d views of one vector,
+    returned with the views: one op then writes or advances them all, and each view is still
+    its own state's value (the native step's counts, a flat bucket's counters)."""
+    vector = torch.stack([st[key] for st in states])
+    views = list(vector.unbind())
+    for st, view in zip(states, views):
+        st[key] = view
+    return vector, views
 
 
 def store_host(states: list[dict], key: str, value: float | Tensor) -> None:
