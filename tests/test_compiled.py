@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import copy
 import gc
+import os
+import subprocess
+import sys
+import threading
 import warnings
 
 import pytest
@@ -403,24 +407,39 @@ def test_default_compiles_large_buckets_only(monkeypatch, cls):
     assert rel_err(nets[0].parameters(), nets[2].parameters()) < 1e-12
 
 
-def test_inductor_set_up_runs_while_the_isa_probe_does(monkeypatch):
-    """Inductor's one-time set-up (its compiler's import, its pattern tables) runs before the
-    backend waits for the ISA probe thread, with the argument Inductor itself passes -- so
-    Inductor finds it cached instead of building it after the wait."""
+@pytest.mark.parametrize("lowp", [False, True], ids=["full-precision", "bfloat16-state"])
+def test_inductor_set_up_runs_while_the_isa_probe_does(monkeypatch, lowp):
+    """Inductor's one-time set-up runs before the backend waits for the ISA probe thread: its
+    compiler's import, and -- for a kernel that runs Inductor's joint-graph passes (one with
+    low-precision options) -- their pattern tables, with the argument Inductor itself passes,
+    so Inductor finds them cached instead of building them after the wait. A full-precision
+    kernel compiles without those passes (nothing in its graph for them): their tables are
+    never built, and the passes never run."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.compile_fx as compile_fx
+    import torch._inductor.config as inductor_config
     from torch._inductor.fx_passes import joint_graph
 
-    calls, order = [], []
+    calls, order, passes = [], [], []
     real = joint_graph.lazy_init
     monkeypatch.setattr(joint_graph, "lazy_init", lambda *a, **k: (calls.append((a, k)), real(*a, **k))[1])
+    real_passes = compile_fx.joint_graph_passes
+    monkeypatch.setattr(compile_fx, "joint_graph_passes", lambda *a, **k: (passes.append(1), real_passes(*a, **k))[1])
     probe = _flat._IsaProbe()
     monkeypatch.setattr(_flat, "_ISA_PROBE", probe)
     monkeypatch.setattr(_flat, "_KERNELS", {})  # a kernel compiled afresh (its backend runs)
     real_wait = probe.wait
     monkeypatch.setattr(probe, "wait", lambda: (order.append(len(calls)), real_wait())[1])
     net = make_net(torch.float32)
-    train(net, optimlab.RMSprop(net.parameters(), lr=0.01, compile=True), 2)
-    assert order == [1]  # ours ran before the wait ...
-    assert len(calls) >= 2 and calls[1] == calls[0]  # ... with the key Inductor then uses
+    options = {"state_dtype": torch.bfloat16} if lowp else {}
+    # (Inductor compiles: no cached graph)
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        train(net, optimlab.RMSprop(net.parameters(), lr=0.01, compile=True, **options), 2)
+    if lowp:
+        assert order == [1] and passes  # ours ran before the wait ...
+        assert len(calls) >= 2 and calls[1] == calls[0]  # ... with the key Inductor then uses
+    else:
+        assert order == [0] and calls == [] and passes == []
 
 
 def test_default_compiles_smaller_buckets_with_low_precision_state(monkeypatch):
@@ -463,6 +482,85 @@ def test_isa_probe_runs_beside_the_first_compile_and_leaves_settings(monkeypatch
     assert probe._thread is not None and not probe._thread.is_alive()
     assert waited == [False]  # the backend waited for it, once
     assert (inductor_config.cpp.vec_isa_ok, inductor_config.compile_threads) == before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value is a thread's own on Linux only")
+def test_isa_probes_run_at_the_lowest_priority():
+    """The probe thread lowers its own priority, and the compilers it starts inherit it; the
+    other threads keep theirs."""
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def probe():
+        _flat._lower_priority()
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        out = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+        seen["child"] = int(out.stdout)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    assert seen == {"thread": 19, "child": 19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main
+
+
+_SMAPS_CHECK = """
+import ctypes
+import torch
+from optimlab import _flat
+
+
+def vma(address):
+    entry = None
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            if entry is not None:
+                break
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            entry = {} if lo <= address < hi else None
+        elif entry is not None:
+            key, _, value = line.partition(":")
+            entry[key] = value.strip()
+    return entry
+
+
+libc = ctypes.CDLL(None, use_errno=True).madvise
+libc.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+calls = []
+
+
+def madvise(start, length, advice):  # what is faulted in of the range when it is marked
+    calls.append((advice, length, int(vma(start)["Rss"].split()[0]) * 1024))
+    return libc(start, length, advice)
+
+
+_flat._madvise = madvise
+n = (40 << 20) // 4 + 5  # 40 MB of float32, and a bit: over glibc's largest mmap threshold, so fresh pages
+flat = _flat._zeros(n, torch.float32, torch.device("cpu"))
+assert flat.shape == (n,) and not flat.any()
+(advice, length, rss), = calls
+start = -(-flat.data_ptr() // (2 << 20)) * (2 << 20)
+print(advice, int(rss >= length), int("hg" in vma(start)["VmFlags"].split()))
+"""
+
+
+@pytest.mark.skipif(not _flat.HUGE_PAGES, reason="huge pages are asked for on Linux only")
+def test_flat_buffers_are_zeroed_then_marked_for_huge_pages():
+    """A large CPU flat buffer is zeroed, and marked for transparent huge pages only after that
+    first touch: its pages are faulted in small (a huge page's fault cost the first step ~5x
+    more on a virtual machine), and khugepaged collapses them later. In a fresh process, so
+    that the buffer is fresh memory, not a region an earlier test left faulted in."""
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        pytest.skip("no transparent huge pages here")
+    if "[never]" in mode:
+        pytest.skip(f"transparent huge pages are off here ({mode.strip()})")
+    out = subprocess.run([sys.executable, "-c", _SMAPS_CHECK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # MADV_HUGEPAGE, on a range already faulted in whole, and it took
+    assert out.stdout.split() == ["14", "1", "1"]
 
 
 def test_isa_probe_starts_at_construction_where_the_first_step_compiles(monkeypatch):

@@ -22,7 +22,8 @@ Every configuration and error input comes from torch's ``optim_db``
                 hyperparameters that require grad, and every optim input), values equal torch's.
 
 Known failures are listed once, in ``KNOWN_FAILURES`` below, as strict xfails: delete an entry
-when its cause is fixed (a fixed case that is still listed fails as XPASS).
+when its cause is fixed (a fixed case that is still listed fails as XPASS). Cases whose outcome
+depends on the machine's rounding are listed in ``MACHINE_DEPENDENT``, as xfails that may pass.
 
     pytest tests/test_torch_optim_db.py -q
     pytest tests/test_torch_optim_db.py -q -k "Adam and trajectory"
@@ -78,11 +79,27 @@ TOL = dict(rtol=1e-10, atol=1e-12)  # float64, a handful of steps: only rounding
 TOL_F32_SCALAR = dict(rtol=1.3e-6, atol=1e-7)  # optim_db's tensor lr is float32, and so is torch's maths on it
 
 
+# Cases whose outcome depends on the machine's rounding (a trajectory that blows up): xfails
+# that may pass. Each names where the same property is checked on a problem that does not.
+MACHINE_DEPENDENT: dict[str, list[str]] = {
+    "LBFGS line_search_fn='strong_wolfe' on optim_db's input blows up (see above); which branch of "
+    "the line search runs -- so whether state['t'] ends a float or a 0-d tensor, and where a resumed "
+    "run goes -- depends on the CPU's rounding: both passed on one machine and fail on another with "
+    "the same code (an AMD EPYC, 8014e95). On a problem that does not blow up, test_second_order's "
+    "test_lbfgs_follows_torch[strong-wolfe] and test_lbfgs_state_dict_is_deterministic_and_loads_"
+    "both_ways_with_torch check the trajectory, the state's names and the cross-loads": [
+        "test_state_format[LBFGS-strong_wolfe]",
+        "test_state_dict_cross_load[LBFGS-strong_wolfe]",
+    ],
+}
+
+
 def _xfail_marks(test_id: str):
-    for cause, patterns in KNOWN_FAILURES.items():
-        for pattern in patterns:
-            if re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), test_id):
-                return [pytest.mark.xfail(strict=True, reason=cause)]
+    for table, strict in ((KNOWN_FAILURES, True), (MACHINE_DEPENDENT, False)):
+        for cause, patterns in table.items():
+            for pattern in patterns:
+                if re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), test_id):
+                    return [pytest.mark.xfail(strict=strict, reason=cause)]
     return []
 
 

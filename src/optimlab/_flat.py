@@ -115,6 +115,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -334,8 +335,17 @@ def _is_0d(a) -> bool:
     return isinstance(v, Tensor) and v.dim() == 0
 
 
-def _backend(gm: torch.fx.GraphModule, example_inputs):
-    """Inductor, after routing foreach ops with 0-d tensor scalars to per-tensor ops."""
+def _backend(gm: torch.fx.GraphModule, example_inputs, joint_passes: bool = False):
+    """Inductor, after routing foreach ops with 0-d tensor scalars to per-tensor ops.
+
+    ``joint_passes``: run Inductor's joint-graph passes. They rewrite patterns of training
+    graphs -- matrix products to pad, attention to fuse, random ops to Inductor's generator,
+    views to fold -- none of which a full-precision step has (measured: the C++ Inductor
+    generates for every registry optimizer's full-precision kernel, compile=True, is the same
+    without them), and their one-time set-up (the pattern tables) is 0.25-0.8 s of a cold
+    first step. Kernels with low-precision
+    options keep them (:func:`_with_exact_casts`): 8-bit state's block indexing is simpler
+    with them, and the stochastic rounding's seed draw becomes Inductor's own."""
     for node in gm.graph.nodes:
         name = getattr(node.target, "__name__", "")
         if node.op != "call_function" or not name.startswith("_foreach_"):
@@ -348,24 +358,34 @@ def _backend(gm: torch.fx.GraphModule, example_inputs):
     gm.recompile()
     inductor = torch._dynamo.lookup_backend("inductor")
     if any(isinstance(x, Tensor) and x.device.type == "cpu" for x in example_inputs):
-        _prepare_inductor(torch.device("cpu"))  # while the probe thread waits on the C++ compiler
+        _prepare_inductor(torch.device("cpu"), joint_passes)  # while the probe thread waits on the C++ compiler
         _ISA_PROBE.wait()  # Inductor's code generation needs the ISA list (and the thread's settings are undone)
-        with _cpu_compile():
+        with _cpu_compile(), _joint_passes(joint_passes):
             return inductor(gm, example_inputs)
-    return inductor(gm, example_inputs)
+    with _joint_passes(joint_passes):
+        return inductor(gm, example_inputs)
 
 
-def _prepare_inductor(device: torch.device) -> None:
+def _joint_passes(on: bool):
+    import torch._inductor.config as inductor_config
+
+    return contextlib.nullcontext() if on else inductor_config.patch(use_joint_graph_passes=False)
+
+
+def _prepare_inductor(device: torch.device, joint_passes: bool = True) -> None:
     """Inductor's one-time set-up of a process that does not need the ISA probes' results --
-    importing its compiler (~0.9 s) and building its pattern tables (~0.7 s) -- done here, while
+    importing its compiler (~0.9 s) and, for a kernel that runs the joint-graph passes,
+    building their pattern tables (0.25-0.7 s) -- done here, while
     the probe thread waits on the C++ compiler, instead of after it (both are cached by
     Inductor, which then finds them done). Only a head start: a failure is Inductor's to
     report when it does the same."""
     try:
         import torch._inductor.compile_fx  # noqa: F401
-        from torch._inductor.fx_passes.joint_graph import lazy_init
 
-        lazy_init(device)  # (positional, as Inductor calls it: the cache is keyed on it)
+        if joint_passes:
+            from torch._inductor.fx_passes.joint_graph import lazy_init
+
+            lazy_init(device)  # (positional, as Inductor calls it: the cache is keyed on it)
     except Exception:  # noqa: BLE001
         pass
 
@@ -405,6 +425,7 @@ class _IsaProbe:
             try:
                 from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
+                _lower_priority()  # (after the import: the GIL is not left with a thread that waits for a core)
                 with _cpu_compile():
                     valid_vec_isa_list()
             except Exception:  # noqa: BLE001 - only a head start: Inductor probes again if this failed
@@ -421,6 +442,21 @@ class _IsaProbe:
 _ISA_PROBE = _IsaProbe()
 
 
+def _lower_priority() -> None:
+    """Give the calling thread, and the processes it starts, the lowest CPU priority (Linux,
+    where a nice value is a thread's own): the ISA probes have slack, and at normal priority
+    their three compiler runs take a core from whatever else runs -- the flattening, or the
+    user's first forward and backward pass. Measured (RMSprop, 25 M parameters, 2 threads,
+    cold cache, stepping right after the constructor): the flattening 0.46-0.53 s with the
+    probes at normal priority, 0.15-0.19 s at nice 19; the whole first step within the noise
+    of each other (3.3-3.7 s), the probes waited for 0.1-0.4 s at nice 19."""
+    if sys.platform == "linux":
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
+
+
 def _with_exact_casts(backend, gm: torch.fx.GraphModule, example_inputs):
     """``backend`` for kernels with low-precision options, with Inductor told to round at
     every cast to a 16-bit dtype as eager does. By default it keeps such values in float32
@@ -429,10 +465,10 @@ def _with_exact_casts(backend, gm: torch.fx.GraphModule, example_inputs):
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(emulate_precision_casts=True):
-        return backend(gm, example_inputs)
+        return backend(gm, example_inputs, joint_passes=True)
 
 
-def _backend_recompute(gm: torch.fx.GraphModule, example_inputs):
+def _backend_recompute(gm: torch.fx.GraphModule, example_inputs, joint_passes: bool = False):
     """:func:`_backend` for layer-wise chains, with Inductor told to recompute pointwise values
     rather than store them. Such a step reads everything twice -- once to reduce (the norms),
     once to update -- and by default Inductor would write the update direction (LAMB's Adam
@@ -441,7 +477,7 @@ def _backend_recompute(gm: torch.fx.GraphModule, example_inputs):
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(realize_reads_threshold=1 << 20, realize_opcount_threshold=1 << 20):
-        return _backend(gm, example_inputs)
+        return _backend(gm, example_inputs, joint_passes)
 
 
 class _Kernel:
@@ -522,11 +558,17 @@ _madvise: Any = None  # libc's madvise, False where unavailable
 
 
 def _zeros(total: int, dtype, device) -> Tensor:
-    """A zeroed flat buffer; on Linux CPUs backed by transparent huge pages where the system
-    allows it (``madvise`` mode): the kernel streams through whole buffers, and 2 MiB pages
-    spare it the TLB misses of 4 KiB ones (measured: a memory-bound step 1-4% faster)."""
+    """A zeroed flat buffer; on Linux CPUs marked for transparent huge pages (THP mode
+    ``madvise``) once zeroed: the kernel's ``khugepaged`` then collapses it into 2 MiB pages in
+    the background (the step streams through whole buffers; 2 MiB pages spare it TLB misses).
+    Marked before the first touch instead, the faults themselves are huge pages, and on a
+    virtual machine that can cost five times more on the first step for little in return --
+    measured here (2 threads), first touch of 100 MB: 128-171 ms with huge pages vs 24-34 ms
+    with 4 KiB ones; the compiled step on 25 M parameters with huge pages vs without:
+    RMSprop 10.68 vs 10.74 and 11.29 vs 11.43 ms, NAdam 10.89 vs 11.03 ms (~1 %);
+    ``khugepaged`` here collapses 16 MB every 10 s (its defaults)."""
     global _madvise
-    flat = torch.empty(total, dtype=dtype, device=device)
+    flat = torch.empty(total, dtype=dtype, device=device).zero_()
     if HUGE_PAGES and flat.device.type == "cpu" and flat.nbytes >= 2 * _HUGE_PAGE:
         if _madvise is None:
             try:
@@ -536,11 +578,11 @@ def _zeros(total: int, dtype, device) -> Tensor:
                 _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             except (OSError, AttributeError):
                 _madvise = False
-        if _madvise:  # before the first touch, so the pages are faulted in huge
+        if _madvise:
             start = -(-flat.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
             end = (flat.data_ptr() + flat.nbytes) // _HUGE_PAGE * _HUGE_PAGE
             _madvise(start, end - start, 14)  # MADV_HUGEPAGE; failure is harmless
-    return flat.zero_()
+    return flat
 
 
 def _flatten(tensors: list[Tensor], offs: list[int], total: int, like: Tensor) -> tuple[Tensor, list[Tensor]]:
