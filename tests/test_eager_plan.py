@@ -168,3 +168,34 @@ def test_plan_serves_the_part_a_compiled_group_leaves_eager(monkeypatch):
     for x, y, z in zip(a, b, c):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(x, z, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["Adafactor", "LAMB", "LARS", "NovoGrad", "Prodigy"])
+def test_per_tensor_chains_step_in_whole_tensors(name, monkeypatch):
+    """A large bucket of a chain whose transforms are elementwise or ``per_tensor`` (Adafactor's
+    factored moments and clipping, LAMB's and LARS's trust ratios, NovoGrad's norms) steps a few
+    whole tensors at a time -- each piece's passes in cache -- with the numbers of the same
+    chain stepped at once, bit for bit; a chain with cross-tensor sums (Prodigy's) steps at once."""
+    from optimlab import core
+
+    cls = getattr(optimlab, name)
+    shapes = [(20, 10), (10,), (30, 20), (30,), (8, 30), (8,), ()]
+    g = torch.Generator().manual_seed(3)
+    start = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(4)]
+    runs, calls = [], []
+    real = core.run_chain
+    for piece in (1 << 18, 64):
+        monkeypatch.setattr(core, "PIECE", piece)
+        monkeypatch.setattr(core, "run_chain", lambda *a, **k: (calls.append(piece), real(*a, **k))[1])
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        opt = cls(params, compile=False)
+        for step in grads:
+            for p, gr in zip(params, step):
+                p.grad = gr.clone()
+            opt.step()
+        runs.append([p.detach() for p in params])
+    chunked = calls.count(64) > calls.count(1 << 18)
+    assert chunked == (name != "Prodigy")
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

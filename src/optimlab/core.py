@@ -407,6 +407,11 @@ class Transform:
     #: scalars (LAMB's trust ratio, NovoGrad's norm): they run on flat buffers too, taking the
     #: reductions from ``u.segments`` there (``elementwise`` stays False: that path is eager).
     layerwise = False
+    #: True for transforms whose update of a tensor reads that tensor's values only (its own
+    #: reductions included, none across tensors): the eager path may then step a large bucket
+    #: of such a chain a few whole tensors at a time, so that the chain's passes over them find
+    #: them in cache (see :func:`_pieces`). Elementwise transforms are so by definition.
+    per_tensor = False
     #: state keys holding one number per tensor (0-d tensors, e.g. NovoGrad's second moment):
     #: on the flat path they are vectors with one entry per tensor (``layerwise`` transforms only)
     per_tensor_state = ()  # type: tuple[str, ...]
@@ -1393,13 +1398,17 @@ PIECE = 1 << 18
 
 def _pieces(chain, params: list, grads: list, state: dict):
     """The bucket a cache-sized piece at a time, as selections: None (everything at once: small
-    buckets, non-elementwise chains and differentiable steps) or a list of ``(i, a, b)`` --
-    entries ``a:b`` of the i-th tensor, or all of it for ``a`` None (see :func:`_take`)."""
-    if sum(p.numel() for p in params) <= 2 * PIECE or torch.is_grad_enabled() or not all(t.elementwise for t in chain):
+    buckets, chains with a transform that is neither elementwise nor ``per_tensor``, and
+    differentiable steps) or a list of ``(i, a, b)`` -- entries ``a:b`` of the i-th tensor, or
+    all of it for ``a`` None (see :func:`_take`). A chain with ``per_tensor`` transforms steps
+    in whole tensors."""
+    if (sum(p.numel() for p in params) <= 2 * PIECE or torch.is_grad_enabled()
+            or not all(t.elementwise or t.per_tensor for t in chain)):
         yield None
         return
-    # a mask selects by name and shape: only whole tensors may go to a masked chain
-    sliceable = not any(getattr(t, "mask", None) is not None for t in chain)
+    # a mask selects by name and shape: only whole tensors may go to a masked chain, and a
+    # tensor's own reductions need all of it
+    sliceable = not any(getattr(t, "mask", None) is not None or not t.elementwise for t in chain)
     keys = list(state)
     idx: list[tuple] = []
     size = 0

@@ -40,6 +40,7 @@ class cautious(Transform):
     rescale: bool = True
 
     layerwise = True
+    per_tensor = True
 
     @property
     def elementwise(self):  # the rescale counts entries per tensor

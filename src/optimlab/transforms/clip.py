@@ -40,6 +40,7 @@ class clip_by_param_norm(Transform):
     key: str = "clip_param_grad_norm"
     elementwise = False  # needs each tensor's own norm: on the flat path from the row layout
     layerwise = True
+    per_tensor = True
 
     @property
     def hyperparameters(self):

@@ -97,6 +97,7 @@ class scale_by_factored_rms(Transform):
     moment_state = {"variance": True}
     elementwise = False
     layerwise = True  # (only unfactored tensors reach the flat path: their code is elementwise)
+    per_tensor = True
 
     def init(self, p, group):
         if p.ndim < 2:
@@ -156,6 +157,7 @@ class clip_by_block_rms(Transform):
     key: str = "d"
     elementwise = False
     layerwise = True
+    per_tensor = True
 
     @property
     def hyperparameters(self):
@@ -184,6 +186,7 @@ class scale_by_param_rms(Transform):
     lr_key: str = "lr"
     elementwise = False
     layerwise = True
+    per_tensor = True
 
     @property
     def hyperparameters(self):

@@ -66,6 +66,7 @@ class scale_by_trust_ratio(Transform):
     lr_key: str | None = None
     elementwise = False
     layerwise = True
+    per_tensor = True
 
     @property
     def hyperparameters(self):
@@ -111,6 +112,7 @@ class scale_by_novograd(Transform):
     moment_state = {"exp_avg": False}
     elementwise = False
     layerwise = True
+    per_tensor = True
     per_tensor_state = ("exp_avg_sq",)
     masks_on_flat = True
 
