@@ -343,9 +343,9 @@ def _backend(gm: torch.fx.GraphModule, example_inputs, joint_passes: bool = Fals
     views to fold -- none of which a full-precision step has (measured: the C++ Inductor
     generates for every registry optimizer's full-precision kernel, compile=True, is the same
     without them), and their one-time set-up (the pattern tables) is 0.25-0.8 s of a cold
-    first step. Kernels with low-precision
-    options keep them (:func:`_with_exact_casts`): 8-bit state's block indexing is simpler
-    with them, and the stochastic rounding's seed draw becomes Inductor's own."""
+    first step. Kernels with low-precision options keep them (:func:`_with_exact_casts`):
+    8-bit state's block indexing is simpler with them, and the stochastic rounding's seed draw
+    becomes Inductor's own."""
     for node in gm.graph.nodes:
         name = getattr(node.target, "__name__", "")
         if node.op != "call_function" or not name.startswith("_foreach_"):
@@ -357,22 +357,23 @@ def _backend(gm: torch.fx.GraphModule, example_inputs, joint_passes: bool = Fals
             node.target = _PER_TENSOR[name]
     gm.recompile()
     inductor = torch._dynamo.lookup_backend("inductor")
-    if any(isinstance(x, Tensor) and x.device.type == "cpu" for x in example_inputs):
-        _prepare_inductor(torch.device("cpu"), joint_passes)  # while the probe thread waits on the C++ compiler
-        _ISA_PROBE.wait()  # Inductor's code generation needs the ISA list (and the thread's settings are undone)
-        with _cpu_compile(), _joint_passes(joint_passes):
-            return inductor(gm, example_inputs)
     with _joint_passes(joint_passes):
+        if any(isinstance(x, Tensor) and x.device.type == "cpu" for x in example_inputs):
+            _prepare_inductor(torch.device("cpu"), joint_passes)  # while the probe thread waits on the C++ compiler
+            _ISA_PROBE.wait()  # Inductor's code generation needs the ISA list (and the thread's settings are undone)
+            with _cpu_compile():
+                return inductor(gm, example_inputs)
         return inductor(gm, example_inputs)
 
 
 def _joint_passes(on: bool):
+    """Inductor's settings with its joint-graph passes on (as they are) or off."""
     import torch._inductor.config as inductor_config
 
     return contextlib.nullcontext() if on else inductor_config.patch(use_joint_graph_passes=False)
 
 
-def _prepare_inductor(device: torch.device, joint_passes: bool = True) -> None:
+def _prepare_inductor(device: torch.device, joint_passes: bool) -> None:
     """Inductor's one-time set-up of a process that does not need the ISA probes' results --
     importing its compiler (~0.9 s) and, for a kernel that runs the joint-graph passes,
     building their pattern tables (0.25-0.7 s) -- done here, while
