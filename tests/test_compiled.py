@@ -274,9 +274,11 @@ def test_failed_recompile_falls_back_to_eager(monkeypatch):
     kernel.failed = None  # (the kernel cache is process-wide: leave it usable)
 
 
-def test_adafactor_compiles_its_unfactored_tensors():
+def test_adafactor_compiles_its_unfactored_tensors(monkeypatch):
     """Adafactor's chain is layer-wise: vectors and 0-d tensors (second moment like p) run in the
-    compiled kernel, matrices (factored moments) on the eager path; together the eager numbers."""
+    compiled kernel, matrices (factored moments) on the eager path; together the eager numbers.
+    (This net's vectors are fewer than SPLIT_MIN_NUMEL entries: the threshold is lowered.)"""
+    monkeypatch.setattr(_flat, "SPLIT_MIN_NUMEL", 0)
     net, ref = make_net(F64), make_net(F64)
     opt = optimlab.Adafactor(net.parameters(), lr=0.01, weight_decay=0.1, compile=True)
     opt_ref = optimlab.Adafactor(ref.parameters(), lr=0.01, weight_decay=0.1)
@@ -285,6 +287,32 @@ def test_adafactor_compiles_its_unfactored_tensors():
     flat = {id(p) for b in flat_buckets(opt) for p in b.params}
     assert flat and all((id(p) in flat) == (p.ndim < 2) for p in net.parameters())
     assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+
+
+def test_small_remainder_of_an_eager_group_steps_eagerly(monkeypatch, caplog):
+    """compile=True: where part of a group steps eagerly anyway (Adafactor's factored matrices),
+    a bucket of fewer than SPLIT_MIN_NUMEL entries joins it -- a compiled call of its own costs
+    more than it saves -- and that is said once at INFO; from the threshold on it compiles.
+    The numbers are the eager path's either way."""
+    entries = sum(p.numel() for p in make_net(F64).parameters() if p.ndim < 2)
+    for threshold, compiled in ((entries + 1, False), (entries, True)):
+        monkeypatch.setattr(_flat, "SPLIT_MIN_NUMEL", threshold)
+        net, ref = make_net(F64), make_net(F64)
+        opt = optimlab.Adafactor(net.parameters(), lr=0.01, weight_decay=0.1, compile=True)
+        opt_ref = optimlab.Adafactor(ref.parameters(), lr=0.01, weight_decay=0.1)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="optimlab"):
+            train(net, opt, 4)  # (every tensor has its gradient: one bucket of the vectors)
+        train(ref, opt_ref, 4)
+        said = [r.getMessage() for r in caplog.records if "step on the eager path with the rest" in r.getMessage()]
+        assert bool(flat_buckets(opt)) == compiled
+        assert len(said) == (0 if compiled else 1), said
+        assert rel_err(net.parameters(), ref.parameters()) <= 1e-12
+    # a group whose every tensor can be flattened compiles however small it is
+    net = make_net(F64)
+    opt = optimlab.RMSprop(net.parameters(), lr=0.01, compile=True)
+    train(net, opt, 2)
+    assert flat_buckets(opt)
 
 
 def test_non_elementwise_chains_stay_eager():
@@ -620,9 +648,11 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(n for n, s in optimlab.REGISTRY.items()
                                          if not s.sparse_gradients and not s.needs_closure))
-def test_registry_compiled_matches_eager(name):
+def test_registry_compiled_matches_eager(name, monkeypatch):
     """Every registered optimizer: compiled (where its chain can run on flat buffers) == eager,
-    float64, with parameters that miss their gradient on some steps."""
+    float64, with parameters that miss their gradient on some steps. (Small remainders of a
+    group that is partly eager compile here too: Adafactor's vectors.)"""
+    monkeypatch.setattr(_flat, "SPLIT_MIN_NUMEL", 0)
     spec = optimlab.REGISTRY[name]
     net, ref = make_net(F64), make_net(F64)
     params = [p for p in net.parameters() if p.ndim == 2] if name == "muon" else list(net.parameters())
