@@ -433,6 +433,57 @@ def test_native_step_counts_follow_gradients_that_come_and_go():
     assert len(ours._packed_steps[id(ours.param_groups[0])]) <= 8
 
 
+def test_sgd_counts_of_native_runs_are_exact_whenever_read():
+    """SGD keeps its own step counts (torch's state has none); a run of torch's-kernel steps over
+    the same parameters counts its steps and writes them when they are next read. Whatever
+    reads them -- state_dict, pickling, a step where the set of parameters with a gradient
+    changed, the eager path after a hyperparameter switched torch's kernel off -- sees each
+    parameter's exact count, and the trajectory is torch's (until L1 leaves torch's algorithm)."""
+    import pickle
+
+    torch.manual_seed(0)
+    values = [torch.randn(4, 3) for _ in range(5)]
+    ours_p = [torch.nn.Parameter(v.clone()) for v in values]
+    torch_p = [torch.nn.Parameter(v.clone()) for v in values]
+    ours = optimlab.SGD(ours_p, lr=0.05, momentum=0.9)
+    theirs = torch.optim.SGD(torch_p, lr=0.05, momentum=0.9)
+    expect = [0] * len(values)
+
+    def step(skip=None):
+        grads = [torch.randn_like(v) for v in values]
+        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if i == skip else g.clone()
+            opt.step()
+        for i in range(len(values)):
+            expect[i] += i != skip
+
+    def counts():
+        steps = ours.state_dict()["optimlab"]["steps"]
+        return [steps.get(i, 0) for i in range(len(values))]
+
+    for _ in range(4):
+        step()
+    assert ours.__dict__["_pending_counts"], "the native steps did not run as one run"
+    assert counts() == expect == [4] * 5
+    for _ in range(3):
+        step()
+    again = pickle.loads(pickle.dumps((ours, ours_p)))
+    assert [again[0]._counts[q] for q in again[1]] == expect == [7] * 5
+    for k in range(6):  # one parameter without a gradient for three steps, then all again
+        step(skip=2 if k < 3 else None)
+    assert counts() == expect == [13, 13, 10, 13, 13]
+    for p, q in zip(ours_p, torch_p):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    ours.param_groups[0]["l1"] = 1e-3  # not torch's kernel: the eager path, from the counts
+    for _ in range(2):
+        for p in ours_p:
+            p.grad = torch.randn_like(p)
+        ours.step()
+    assert counts() == [e + 2 for e in expect]
+    assert all(torch.isfinite(p).all() for p in ours_p)
+
+
 def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):
     """torch.load's default (weights_only=True, what the HF Trainer resumes with) reads a state_dict
     whose groups carry a decay mask: masks are stored as plain data and rebuilt on load."""

@@ -540,7 +540,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.state_dtype, self.state_bits, self.param_rounding = state_dtype, state_bits, param_rounding
         self._precision = (Precision(state_dtype, state_bits, param_rounding)
                            if (state_dtype, state_bits, param_rounding) != (None, None, None) else None)
-        self._counts: dict[Tensor, int] = {}  # step counts where torch keeps none (state_step=False)
+        self._counts = {}  # step counts where torch keeps none (state_step=False)
         defaults = {**self._common_defaults, **(defaults or {})}
         # hyperparameters first (torch checks them before the parameters)
         self.check_group({**defaults, "params": []})
@@ -685,13 +685,16 @@ class ChainOptimizer(torch.optim.Optimizer):
         for k in ("state_dtype", "state_bits", "param_rounding", "_precision"):
             self.__dict__.setdefault(k, None)
         self.__dict__.setdefault("_micro", 0)
-        self.__dict__.setdefault("_counts", {})
+        d = self.__dict__
+        d.setdefault("_count_map", d.pop("_counts", {}))  # (a pickle of an older optimlab: "_counts")
+        d.setdefault("_pending_counts", {})
         self._step_info = {}
         self._last_chains = {}
         self._engine = None
         self._tidy_state()
 
     def __getstate__(self) -> dict[str, Any]:
+        self._counts  # (writes the native steps' pending counts)
         state = super().__getstate__()
         state = dict(state, **{k: v for k, v in self.__dict__.items() if k not in state})
         state["_engine"] = None
@@ -794,6 +797,28 @@ class ChainOptimizer(torch.optim.Optimizer):
                 hold_state(p, st, moments, self._precision, raw)
 
     # -- step counts ----------------------------------------------------------------------------
+    @property
+    def _counts(self) -> dict[Tensor, int | Tensor]:
+        """The step counts the optimizer keeps itself where torch keeps none (``state_step``
+        False: SGD's, Muon's), by parameter: Python ints, or 0-d tensors once a step was traced.
+        Reading it first writes the counts that torch's-own-kernel steps left pending (see
+        :meth:`_ready_for_native`) and forgets those runs, so every other reader sees exact
+        counts and the next native step checks them again."""
+        d = self.__dict__
+        pending = d["_pending_counts"]
+        if pending:
+            counts = d["_count_map"]
+            for params, n in pending.values():
+                for p in params:
+                    counts[p] += n
+            pending.clear()
+        return d["_count_map"]
+
+    @_counts.setter
+    def _counts(self, value: dict) -> None:
+        self.__dict__["_count_map"] = value
+        self.__dict__["_pending_counts"] = {}
+
     def _step_of(self, p: Tensor, st: dict) -> int | None:
         """How many steps ``p`` has taken (None: its state does not exist yet)."""
         step = self._counts.get(p) if not self.state_step else st.get("step")
@@ -801,12 +826,13 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _set_steps(self, params: list[Tensor], states: list[dict], step: int) -> None:
         if not self.state_step:  # ints, or 0-d tensors once a step was traced (see _traced_step_group)
+            counts = self._counts
             for p in params:
-                c = self._counts.get(p)
+                c = counts.get(p)
                 if isinstance(c, Tensor):
                     c.fill_(step)
                 else:
-                    self._counts[p] = step
+                    counts[p] = step
             return
         if self.step_as_int:
             for st in states:
@@ -975,7 +1001,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         general path decides (new state, a chain that changed, accumulated gradients, a step
         count of the optimizer's own that is still 0 or a traced step's tensor). The native
         step is then called with ``count`` None and advances each parameter's count; ``counts``
-        holds the advanced counts the optimizer keeps itself (``state_step=False``), else None."""
+        is the run ``[params, steps not yet written]`` whose count the caller advances where the
+        optimizer keeps the counts itself (``state_step=False``; see :attr:`_counts`), else None."""
         if self.accumulate_steps > 1:
             return None
         seen = self._native_seen.get(id(group))
@@ -995,9 +1022,26 @@ class ChainOptimizer(torch.optim.Optimizer):
                 grads.append(g)
                 states.append(st)
             return (params, grads, states, None) if params else None
-        # the counts the optimizer keeps itself (SGD's), read once: a tensor key's hash is a
-        # Python call (~0.2 us)
-        get_count, counts = self._counts.get, []
+        # the counts the optimizer keeps itself (SGD's). A tensor key's hash is a Python call
+        # (~0.1 us; 2 % of a small model's fused SGD step to read and write each count), so a
+        # run of native steps over the same parameters, whose counts were checked when it
+        # started, only counts its steps: the counts are written when next read (_counts)
+        run = self.__dict__["_pending_counts"].get(id(group))
+        if run is not None:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                st = get_state(p)
+                if not st:
+                    return None
+                params.append(p)
+                grads.append(g)
+                states.append(st)
+            if len(params) == len(run[0]) and all(map(operator.is_, params, run[0])):
+                return (params, grads, states, run) if params else None
+            params, grads, states = [], [], []
+        get_count = self._counts.get  # (writes and forgets the pending runs)
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -1008,8 +1052,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             params.append(p)
             grads.append(g)
             states.append(st)
-            counts.append(c + 1)
-        return (params, grads, states, counts) if params else None
+        return (params, grads, states, [params, 0]) if params else None
 
     def _gather(self, group: dict):
         """Parameters with a gradient, their names and state, bucketed by step count and host
@@ -1152,7 +1195,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             if ready is not None and native(*ready[:3], None):
                 self._native_seen[id(group)][2] = True  # (the chain is the one the state was made for)
                 if ready[3] is not None:  # the counts the optimizer keeps itself, advanced
-                    self._counts.update(zip(ready[0], ready[3]))
+                    ready[3][1] += 1
+                    self._pending_counts[id(group)] = ready[3]
                 return
         plain = native is None and lowp is None and not torch.is_grad_enabled()
         planned = self._planned(group) if plain else None
