@@ -182,3 +182,46 @@ def test_state_dict_round_trip_is_bit_exact(case):
     train(nets[1], opt2, losses[15:])
     for a, b in zip(*(n.parameters() for n in nets)):
         assert torch.equal(a, b), f"{case.name}: resumed run differs from the uninterrupted one"
+
+
+@pytest.mark.parametrize("extra", ["none", "independent_decay", "decoupled_decay"])
+def test_muon_decay_is_applied_as_torch_orders_it(extra):
+    """Muon's momentum, decay and update are made per matrix just before it is applied (the
+    buffer's lerp in the deferred update, ``p * (1 - lr wd)`` right before ``p += ...``):
+    torch's Muon bit for bit. A decay that another transform
+    follows is applied to every matrix before that transform runs: a second multiplicative
+    decay, or AdamW-style decoupled decay (which reads the decayed weights), bit for bit the
+    naive per-tensor reference."""
+    from optimlab.transforms.orthogonal import newton_schulz
+
+    g = torch.Generator().manual_seed(2)
+    shapes = [(12, 5), (5, 12), (7, 7), (20, 9)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(4)]
+    options = {"none": {}, "independent_decay": {"independent_decay": 0.01}, "decoupled_decay": {"decoupled_decay": 0.2}}[extra]
+    ours = [torch.nn.Parameter(x.clone()) for x in start]
+    theirs = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = optimlab.Muon(ours, lr=0.02, weight_decay=0.1, **options)
+    torch_opt = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)
+    ref, bufs = [x.clone() for x in start], [torch.zeros_like(x) for x in start]
+    for step in grads:
+        for ps in (ours, theirs):
+            for p, gr in zip(ps, step):
+                p.grad = gr.clone()
+        opt.step()
+        torch_opt.step()
+        for x, b, gr in zip(ref, bufs, step):
+            b.lerp_(gr, 0.05)
+            o = newton_schulz(gr.lerp(b, 0.95), 5, (3.4445, -4.7750, 2.0315), 1e-7)
+            ratio = max(1.0, x.shape[0] / x.shape[1]) ** 0.5
+            x.mul_(1 - 0.02 * 0.1)
+            if extra == "independent_decay":
+                x.mul_(1 - 0.01)
+            if extra == "decoupled_decay":  # the update is o * ratio + wd * p, in float32
+                x.add_((o.float() * ratio).add_(x, alpha=0.2), alpha=-0.02)
+            else:
+                x.add_(o, alpha=-0.02 * ratio)
+    for a, b, c in zip(ours, theirs, ref):
+        if extra == "none":
+            assert torch.equal(a.detach(), b.detach())
+        assert torch.equal(a.detach(), c)

@@ -266,7 +266,8 @@ class Updates:
     instead (:meth:`defer`): the step then makes and applies one tensor's update at a time.
     """
 
-    __slots__ = ("params", "grads", "_updates", "_ratio", "_lazy", "state", "names", "step", "_owned", "segments")
+    __slots__ = ("params", "grads", "_updates", "_ratio", "_lazy", "_keep", "state", "names", "step", "_owned",
+                 "segments")
 
     def __init__(self, params, grads, state, names, step, updates=None, owned=False, segments=None):
         self.params: list[Tensor] = params
@@ -274,6 +275,7 @@ class Updates:
         self._updates: list[Tensor] = grads if updates is None else updates
         self._ratio: tuple | None = None
         self._lazy: tuple | None = None  # (fn, factors) handed over by defer
+        self._keep: float | None = None  # a decay of the parameters left to apply (scale_params)
         self.state: dict[str, list[Tensor]] = state
         self.names: list[str | None] = names
         self.step: int = step
@@ -335,6 +337,25 @@ class Updates:
         :meth:`deferred` to compose with it)."""
         self._lazy, self._ratio, self._owned = (fn, factors), None, True
 
+    def scale_params(self, keep: Scalar) -> None:
+        """``p <- keep * p`` for every parameter, before the update is applied. Where the update
+        is deferred (:meth:`defer`) and no transform follows, each parameter is scaled right
+        before its own update is added -- torch's Muon's order, both passes over a parameter
+        while it is in cache (a large model's parameters are otherwise read twice from memory:
+        once here, once after its Newton-Schulz products have evicted them). The same numbers
+        either way; :func:`run_chain` scales every parameter at once before a next transform."""
+        if self._lazy is not None and self._keep is None and not isinstance(keep, Tensor):
+            self._keep = keep
+            return
+        self._scale_now()
+        scale_(self.params, keep)
+
+    def _scale_now(self) -> None:
+        """Apply a decay left by :meth:`scale_params` to every parameter now."""
+        if self._keep is not None:
+            keep, self._keep = self._keep, None
+            scale_(self.params, keep)
+
     def deferred(self) -> Callable[[int], Tensor] | None:
         """The per-tensor update function handed over by :meth:`defer` (its factors taken as
         1; None if there is none): a transform that maps each tensor's update separately
@@ -357,10 +378,13 @@ class Updates:
             return
         if self._lazy is not None and not isinstance(lr, Tensor):
             fn, factors = self._lazy
-            self._lazy = None
+            keep, self._lazy, self._keep = self._keep, None, None
             for i, p in enumerate(self.params):
+                if keep is not None:
+                    p.mul_(keep)
                 p.add_(fn(i), alpha=-(1.0 if lr is None else lr) * (1.0 if factors is None else factors[i]))
             return
+        self._scale_now()
         apply_updates(self.params, self.updates, lr)
 
     def select(self, mask) -> list[int]:
@@ -1538,6 +1562,8 @@ def run_chain(chain: Sequence[Transform], u: Updates, scalars: Sequence[dict], l
     ``torch.compile`` over flat buffers on the compiled path.
     """
     for t, s in zip(chain, scalars):
+        if u._keep is not None:  # (a decay left for the apply: a transform follows it)
+            u._scale_now()
         t.update(u, s)
     u.apply(lr)
     for t, s in zip(chain, scalars):

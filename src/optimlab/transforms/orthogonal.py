@@ -58,13 +58,16 @@ class ema_momentum(Transform):
 
     def update(self, u, s):
         bufs = u.state["momentum_buffer"]
-        _lerp(bufs, u.updates, s["1-mu"], inplace=True)
         if self.nesterov and u.deferred() is None and not isinstance(s["mu"], Tensor):
-            # g + mu (buf - g), made one tensor at a time by whoever applies or reads it
-            # (Muon orthogonalises each as it comes: one matrix's temporaries at a time)
-            grads, mu = u.updates, s["mu"]
-            u.defer(lambda i: grads[i].lerp(bufs[i], mu))
-        elif self.nesterov:
+            # buf <- buf + (1 - mu) (g - buf), then g + mu (buf - g): made one tensor at a time
+            # by whoever applies or reads it (Muon orthogonalises each as it comes: one
+            # matrix's temporaries at a time, its gradient and buffer read twice while in
+            # cache, as torch's loop does)
+            grads, mu, one_minus = u.updates, s["mu"], s["1-mu"]
+            u.defer(lambda i: grads[i].lerp(bufs[i].lerp_(grads[i], one_minus), mu))
+            return
+        _lerp(bufs, u.updates, s["1-mu"], inplace=True)
+        if self.nesterov:
             u.replace(_lerp(u.updates, bufs, s["mu"], inplace=False))
             u._owned = True
         else:
@@ -122,14 +125,6 @@ class orthogonalize(Transform):
     eps_key: str = "eps"
     hyperparameters = ("ns_coefficients", "eps", "ns_steps", "adjust_lr_fn")
     elementwise = False
-
-    @property
-    def per_tensor(self) -> bool:
-        # one process: a matrix's update reads that matrix only, so a large bucket may step a
-        # few whole matrices at a time (momentum, orthogonalisation, decay and apply of each
-        # piece while it is in cache). Sharded (FSDP2), a matrix is gathered whole across the
-        # ranks (map_whole), a collective every rank must make over the same list.
-        return not _dist._distributed()
 
     def scalars(self, group, step, host):
         a, b, c = group[self.coefficients_key]

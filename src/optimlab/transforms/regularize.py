@@ -126,6 +126,9 @@ class decay_weights(Transform):
             (p,) = u.params
             p.mul_(torch.where(_selected(u, s), s["keep"], 1))
             return
+        if self.mask is None:
+            u.scale_params(s["keep"])  # (with a deferred update, each p just before its own)
+            return
         (sel_p,) = _pick(u, self.mask, [u.params])
         scale_(sel_p, s["keep"])
 
