@@ -31,6 +31,21 @@ def test_newton_schulz_is_torchs_and_orthogonalises():
         newton_schulz(torch.ones(2, 2, 2))
 
 
+def _step_both(runs, grads) -> None:
+    """Give each ``(params, optimizer)`` of ``runs`` copies of ``grads`` and step it."""
+    for params, opt in runs:
+        for p, gr in zip(params, grads):
+            p.grad = gr.clone()
+        opt.step()
+
+
+def _naive_muon_direction(buf, grad):
+    """torch's Muon for one matrix, written out: the momentum buffer's lerp (momentum 0.95,
+    in place), then the Newton-Schulz of the Nesterov blend (bfloat16)."""
+    buf.lerp_(grad, 0.05)
+    return newton_schulz(grad.lerp(buf, 0.95), 5, (3.4445, -4.7750, 2.0315), 1e-7)
+
+
 @pytest.mark.parametrize("read_after", [False, True], ids=["applied-one-at-a-time", "read-by-a-later-transform"])
 def test_deferred_orthogonal_updates(read_after):
     """Muon's updates are made one matrix at a time as the step applies them (Updates.defer):
@@ -55,14 +70,9 @@ def test_deferred_orthogonal_updates(read_after):
     theirs = [torch.nn.Parameter(x.clone()) for x in start]
     torch_opt = torch.optim.Muon(theirs, lr=0.02, momentum=0.95, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
     for step in grads:
-        for ps in (ours, theirs):
-            for p, gr in zip(ps, step):
-                p.grad = gr.clone()
-        opt.step()
-        torch_opt.step()
+        _step_both(((ours, opt), (theirs, torch_opt)), step)
         for x, b, gr in zip(ref, bufs, step):
-            b.lerp_(gr, 0.05)
-            o = newton_schulz(gr.lerp(b, 0.95), 5, (3.4445, -4.7750, 2.0315), 1e-7)
+            o = _naive_muon_direction(b, gr)
             ratio = 0.2 * max(x.shape) ** 0.5
             x.add_(o.float() * ratio, alpha=-0.02)
     for a, b, c in zip(ours, theirs, ref):
@@ -192,8 +202,6 @@ def test_muon_decay_is_applied_as_torch_orders_it(extra):
     follows is applied to every matrix before that transform runs: a second multiplicative
     decay, or AdamW-style decoupled decay (which reads the decayed weights), bit for bit the
     naive per-tensor reference."""
-    from optimlab.transforms.orthogonal import newton_schulz
-
     g = torch.Generator().manual_seed(2)
     shapes = [(12, 5), (5, 12), (7, 7), (20, 9)]
     start = [torch.randn(s, generator=g) for s in shapes]
@@ -205,14 +213,9 @@ def test_muon_decay_is_applied_as_torch_orders_it(extra):
     torch_opt = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)
     ref, bufs = [x.clone() for x in start], [torch.zeros_like(x) for x in start]
     for step in grads:
-        for ps in (ours, theirs):
-            for p, gr in zip(ps, step):
-                p.grad = gr.clone()
-        opt.step()
-        torch_opt.step()
+        _step_both(((ours, opt), (theirs, torch_opt)), step)
         for x, b, gr in zip(ref, bufs, step):
-            b.lerp_(gr, 0.05)
-            o = newton_schulz(gr.lerp(b, 0.95), 5, (3.4445, -4.7750, 2.0315), 1e-7)
+            o = _naive_muon_direction(b, gr)
             ratio = max(1.0, x.shape[0] / x.shape[1]) ** 0.5
             x.mul_(1 - 0.02 * 0.1)
             if extra == "independent_decay":

@@ -1107,25 +1107,24 @@ class FlatEngine:
             host = tuple(host_float(st.get(k)) for t in chain for k in t.host_keys)
             key = (p.device, p.dtype, step, host, keys, tuple(st[k].dtype for k in keys))
             keyed.setdefault(key, []).append(i)
-        if opt.compile is None and not group.get("fused"):  # automatic: large buckets only
-            for key, idx in list(keyed.items()):
-                if sum(group["params"][i].numel() for i in idx) < auto_min_numel(opt):
-                    outside.extend(keyed.pop(key))
+        # compile=None compiles large buckets only; otherwise, where part of the group steps
+        # eagerly every step, a small bucket joins that part (see SPLIT_MIN_NUMEL)
+        auto = opt.compile is None and not group.get("fused")
+        split = not auto and len(outside) > len(stateless)
+        minimum = auto_min_numel(opt) if auto else SPLIT_MIN_NUMEL if split else 0
+        moved = [i for key in [key for key, idx in keyed.items()
+                               if sum(group["params"][i].numel() for i in idx) < minimum]
+                 for i in keyed.pop(key)]
+        if moved:
+            if split and "small-remainder" not in self.warned:
+                self.warned.add("small-remainder")
+                _log.info("%s(compile=True): %d tensors (%d entries) of a param group step on the eager "
+                          "path with the rest of it (%d tensors the flat buffers cannot hold): a compiled "
+                          "call costs more than it saves on fewer than %d entries",
+                          type(opt).__name__, len(moved), sum(group["params"][i].numel() for i in moved),
+                          len(outside) - len(stateless), SPLIT_MIN_NUMEL)
+            outside.extend(moved)
             outside.sort()
-        elif len(outside) > len(stateless):  # part of the group steps eagerly every step
-            small = [key for key, idx in keyed.items()
-                     if sum(group["params"][i].numel() for i in idx) < SPLIT_MIN_NUMEL]
-            if small:
-                moved = [i for key in small for i in keyed.pop(key)]
-                if "small-remainder" not in self.warned:
-                    self.warned.add("small-remainder")
-                    _log.info("%s(compile=True): %d tensors (%d entries) of a param group step on the eager "
-                              "path with the rest of it (%d tensors the flat buffers cannot hold): a compiled "
-                              "call costs more than it saves on fewer than %d entries",
-                              type(opt).__name__, len(moved), sum(group["params"][i].numel() for i in moved),
-                              len(outside) - len(stateless), SPLIT_MIN_NUMEL)
-                outside.extend(moved)
-                outside.sort()
         buckets = []
         counted = (("step",) if opt.state_step else ()) + tuple(dict.fromkeys(k for t in chain for k in t.host_keys))
         for (_, _, step, _, keys, _), idx in keyed.items():

@@ -1033,50 +1033,30 @@ class ChainOptimizer(torch.optim.Optimizer):
         if not (seen and seen[2]) and self._last_chains.get(id(group)) != self._chain(group):
             return None
         params, grads, states = [], [], []
-        get_state = self.state.get
-        if self.state_step:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                st = get_state(p)
-                if not st or "step" not in st:
-                    return None
-                params.append(p)
-                grads.append(g)
-                states.append(st)
+        get_state, need_step = self.state.get, self.state_step
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            st = get_state(p)
+            if not st or (need_step and "step" not in st):
+                return None
+            params.append(p)
+            grads.append(g)
+            states.append(st)
+        if not params or self.state_step:
             return (params, grads, states, None) if params else None
         # the counts the optimizer keeps itself (SGD's). A tensor key's hash is a Python call
         # (~0.1 us; 2 % of a small model's fused SGD step to read and write each count), so a
         # run of native steps over the same parameters, whose counts were checked when it
         # started, only counts its steps: the counts are written when next read (_counts)
         run = self.__dict__["_pending_counts"].get(id(group))
-        if run is not None:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                st = get_state(p)
-                if not st:
-                    return None
-                params.append(p)
-                grads.append(g)
-                states.append(st)
-            if len(params) == len(run[0]) and all(map(operator.is_, params, run[0])):
-                return (params, grads, states, run) if params else None
-            params, grads, states = [], [], []
+        if run is not None and len(params) == len(run[0]) and all(map(operator.is_, params, run[0])):
+            return params, grads, states, run
         get_count = self._counts.get  # (writes and forgets the pending runs)
-        for p in group["params"]:
-            g = p.grad
-            if g is None:
-                continue
-            st, c = get_state(p), get_count(p)
-            if not st or type(c) is not int or c < 1:
-                return None
-            params.append(p)
-            grads.append(g)
-            states.append(st)
-        return (params, grads, states, [params, 0]) if params else None
+        if any(type(c) is not int or c < 1 for c in map(get_count, params)):
+            return None
+        return params, grads, states, [params, 0]
 
     def _gather(self, group: dict):
         """Parameters with a gradient, their names and state, bucketed by step count and host
