@@ -383,6 +383,23 @@ def test_compile_true_runs_torch_fused_kernel_where_the_chain_is_one(cls, caplog
     assert flat_buckets(compiled)
 
 
+def test_compile_true_on_a_chain_flat_buffers_cannot_hold_says_it_steps_eagerly(caplog):
+    """Muon's orthogonalisation is neither elementwise nor layer-wise: compile=True compiles
+    nothing there, says so once at INFO naming the transform, and steps bit for bit as
+    compile=False does (the flag is not silently dropped)."""
+    params, copies = twin_params([(64, 32), (16, 48)])
+    ours = optimlab.Muon(params, lr=0.02, compile=True)
+    eager = optimlab.Muon(copies, lr=0.02, compile=False)
+    with caplog.at_level("INFO", logger="optimlab"):
+        for _ in range(3):
+            step_twins((params, ours), (copies, eager))
+    assert not flat_buckets(ours)
+    for a, b in zip(params, copies):
+        assert torch.equal(a, b)
+    said = [r.getMessage() for r in caplog.records if "nothing of it compiled" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("Muon(compile=True)") and said[0].endswith("not orthogonalize")
+
+
 def test_float32_matches_torch_fused():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 32), (32,), (7, 3, 5), ()]]

@@ -198,14 +198,15 @@ def _chain_ok(chain: tuple) -> bool:
     except TypeError:  # an unhashable field: it cannot be a cache key either
         return False
     if ok is None:
-        ok = all(
-            (t.elementwise or t.layerwise)
-            and not any(callable(getattr(t, f.name)) and not (f.name == "mask" and t.masks_on_flat)
-                        for f in dataclasses.fields(t))
-            for t in chain
-        )
+        ok = all(_transform_ok(t) for t in chain)
         _CHAIN_OK[chain] = ok
     return ok
+
+
+def _transform_ok(t) -> bool:
+    """Whether one transform can run on flat buffers (see :func:`_chain_ok`)."""
+    return (t.elementwise or t.layerwise) and not any(
+        callable(getattr(t, f.name)) and not (f.name == "mask" and t.masks_on_flat) for f in dataclasses.fields(t))
 
 
 def _masks(chain) -> list:
@@ -932,7 +933,14 @@ class FlatEngine:
         """Step what can run flat; return the group (or a sub-group) for the eager path, or
         None when nothing is left."""
         chain = opt._chain(group)
-        if not _chain_ok(chain) or self._rebuilds.get(id(group), 0) > MAX_REBUILDS:
+        if not _chain_ok(chain):
+            if opt.compile is True and "chain" not in self.warned:
+                self.warned.add("chain")
+                _log.info("%s(compile=True): a param group steps eagerly, nothing of it compiled: flat "
+                          "buffers hold elementwise and layer-wise transforms only, not %s", type(opt).__name__,
+                          ", ".join(type(t).__name__ for t in chain if not _transform_ok(t)) or "this chain")
+            return group
+        if self._rebuilds.get(id(group), 0) > MAX_REBUILDS:
             return group
         lay = self._layouts.get(id(group))
         checks = None
