@@ -51,6 +51,9 @@ allocated inside one step per parameter, i.e. temporaries (ours / torch's fastes
 profiler); ``first s``: the first step with ``compile=True`` (run after the default's: where
 the default compiled the same kernel, only the flattening); ``path``: whether ours ran the
 compiled flat kernel or the eager path. The compile time of each kernel is listed at the end.
+With ``--control`` a second copy of torch's reference implementation (fused, else its default)
+is timed with the others: ``torch / itself`` is how far apart two identical optimizers measure
+in that run, the resolution of every ratio in it (a missed target names it next to the ratio).
 
 Table 2, the modern optimizers (``--suite new``): each runs with ``compile=True`` and its
 registry defaults, next to torch's fused Adam and pytorch_optimizer's implementation (its
@@ -209,7 +212,7 @@ def timed_rounds(build, impls: list[str], repeats: int, rounds: int) -> tuple[di
     return {k: statistics.fmean(v) for k, v in per_round.items()}, opts
 
 
-def bench_one(name: str, spec, layout: str, shapes, repeats: int, rounds: int = 2) -> dict | None:
+def bench_one(name: str, spec, layout: str, shapes, repeats: int, rounds: int = 2, control: bool = False) -> dict | None:
     torch_cls = getattr(torch.optim, spec.torch_name, None)
     if torch_cls is None:
         return None
@@ -221,6 +224,9 @@ def bench_one(name: str, spec, layout: str, shapes, repeats: int, rounds: int = 
     impls = torch_impls(torch_cls)
     numel = sum(torch.Size(s).numel() for s in shapes)
     firsts = {}
+    # the noise control: torch's reference implementation (fused where it has one, else its
+    # default) timed a second time, as a separate optimizer on its own tensors
+    reference = "fused" if "fused" in impls else "loop" if "loop" in impls else "plain"
 
     def build(impl: str):
         params = make_params(shapes)
@@ -230,15 +236,15 @@ def bench_one(name: str, spec, layout: str, shapes, repeats: int, rounds: int = 
             opt.step()
             firsts.setdefault(impl, time.perf_counter() - t0)  # (the first round's)
         else:
-            opt = torch_cls(params, **kwargs, **impls[impl])
+            opt = torch_cls(params, **kwargs, **impls[reference if impl == "control" else impl])
             opt.step()
         return opt
 
     # the default first: where it compiles, its first step is the one a user waits for (the
     # kernel is then cached for compile=True, whose first step is only the flattening)
-    med, opts = timed_rounds(build, ["default", "ours", *impls], repeats, rounds)
+    med, opts = timed_rounds(build, ["default", "ours", *impls, *(["control"] if control else [])], repeats, rounds)
     first, first_default = firsts["ours"], firsts["default"]
-    theirs = {k: v for k, v in med.items() if k not in ("ours", "default")}
+    theirs = {k: v for k, v in med.items() if k not in ("ours", "default", "control")}
     fastest = min(theirs, key=theirs.get)
     torch_default = "loop" if "loop" in theirs else "plain"  # torch's default on CPU: the for-loop
     best = "fused" if "fused" in theirs else fastest  # the issue's target: fused where torch has one
@@ -249,7 +255,7 @@ def bench_one(name: str, spec, layout: str, shapes, repeats: int, rounds: int = 
         default_vs_best=med["default"] / theirs[best], first_default_s=first_default,
         state_ours=state_bytes(opts["ours"]) / numel, state_torch=state_bytes(opts[fastest]) / numel,
         alloc_ours=step_alloc_bytes(opts["ours"]) / numel, alloc_torch=step_alloc_bytes(opts[fastest]) / numel,
-        first_s=first,
+        first_s=first, control=med["control"] / med[reference] if control else None, reference=reference,
         flat=bool(opts["ours"]._engine and any(lay.buckets for lay in opts["ours"]._engine._layouts.values())),
     )
     del opts
@@ -378,7 +384,21 @@ def row_line(r: dict) -> str:
     line += f" {r['default_vs_torch_default']:6.2f} {r['default_vs_best']:6.2f} {r['first_default_s']:5.2f}"
     line += f"  {r['ratio']:6.2f}{flag:2s}{r['state_ours']:5.1f}/{r['state_torch']:<5.1f}"
     line += f"  {r['alloc_ours']:5.1f}/{r['alloc_torch']:<5.1f} {r['first_s']:7.2f}  "
-    return line + ("compiled" if r["flat"] else "eager")
+    line += "compiled" if r["flat"] else "eager"
+    if r["control"] is not None:
+        line += f"  (control: torch {r['reference']} / itself {r['control']:.3f})"
+    return line
+
+
+def missed(rows: list[dict], key: str) -> str:
+    """The algorithms over 1.0 in ``key``; with a noise control, each with its ratio and how far
+    a second copy of torch's reference implementation measured from the first."""
+    out = []
+    for r in rows:
+        if r[key] > 1.0:
+            out.append(r["algo"] if r["control"] is None
+                       else f"{r['algo']} ({r[key]:.3f}; torch vs itself {r['control']:.3f})")
+    return ("MISSED by " + ", ".join(out)) if out else ""
 
 
 def main(argv=None) -> None:
@@ -395,6 +415,9 @@ def main(argv=None) -> None:
                     help="times each implementation's tensors are allocated afresh, in alternating order "
                          "(placement in memory moves a step time by up to ~15 %%; default 2)")
     ap.add_argument("--cold-cache", action="store_true", help="compile into a fresh Inductor cache directory")
+    ap.add_argument("--control", action="store_true",
+                    help="also time a second copy of torch's reference implementation (fused, else its "
+                         "default) on its own tensors: how far apart two identical optimizers measure here")
     args = ap.parse_args(argv)
     if args.cold_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optimlab-inductor-")
@@ -428,7 +451,7 @@ def main(argv=None) -> None:
             rows = []
             print(header(), flush=True)
             for n in names:
-                r = bench_one(n, optimlab.REGISTRY[n], layout, lshapes, repeats, args.alloc_rounds)
+                r = bench_one(n, optimlab.REGISTRY[n], layout, lshapes, repeats, args.alloc_rounds, args.control)
                 if r is None:
                     why = "matrices only" if n == "muon" else f"no torch.optim.{optimlab.REGISTRY[n].torch_name} here"
                     print(f"{n:10s} skipped ({why})", flush=True)
@@ -437,19 +460,17 @@ def main(argv=None) -> None:
                 print(row_line(r), flush=True)
             if rows:
                 if layout == "tiny":
-                    slow_default = [r["algo"] for r in rows if r["default_vs_torch_default"] > 1.0]
+                    slow_default = missed(rows, "default_vs_torch_default")
                     what = "torch's default"
                 else:
-                    slow_default = [r["algo"] for r in rows if r["default_vs_best"] > 1.0]
+                    slow_default = missed(rows, "default_vs_best")
                     what = "torch's fused where it has one, else its fastest"
-                print(f"target with no flags (default), ours <= {what}: "
-                      + ("met by every algorithm" if not slow_default else f"MISSED by {', '.join(slow_default)}"))
+                print(f"target with no flags (default), ours <= {what}: " + (slow_default or "met by every algorithm"))
                 cold = [r["algo"] for r in rows if r["first_default_s"] > 5.0]
                 print("target first step with no flags <= 5 s: "
                       + ("met by every algorithm" if not cold else f"MISSED by {', '.join(cold)}"))
-                slow = [r["algo"] for r in rows if r["ratio"] > 1.0]
                 print(f"target ours <= torch's fastest ({', '.join(FUSED_TARGET)}: its fused kernel): "
-                      + ("met by every algorithm" if not slow else f"MISSED by {', '.join(slow)}"))
+                      + (missed(rows, "ratio") or "met by every algorithm"))
         if new_names:
             ltotal = sum(torch.Size(x).numel() for x in lshapes)
             print(f"\n== {layout}, modern optimizers: {len(lshapes)} tensors, {ltotal / 1e6:.2f} M parameters; "

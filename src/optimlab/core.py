@@ -380,9 +380,11 @@ class Updates:
             fn, factors = self._lazy
             keep, self._lazy, self._keep = self._keep, None, None
             for i, p in enumerate(self.params):
-                if keep is not None:
+                d = fn(i)  # (made before the decay, as the chain made it: from the undecayed p)
+                if keep is not None:  # both passes over p back to back, while it is in cache
                     p.mul_(keep)
-                p.add_(fn(i), alpha=-(1.0 if lr is None else lr) * (1.0 if factors is None else factors[i]))
+                p.add_(d, alpha=-(1.0 if lr is None else lr) * (1.0 if factors is None else factors[i]))
+                del d
             return
         self._scale_now()
         apply_updates(self.params, self.updates, lr)
