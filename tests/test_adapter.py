@@ -484,6 +484,58 @@ def test_sgd_counts_of_native_runs_are_exact_whenever_read():
     assert all(torch.isfinite(p).all() for p in ours_p)
 
 
+def test_muon_counts_of_planned_eager_runs_are_exact_whenever_read():
+    """Muon keeps its own step counts too, on the eager path: a run of planned steps over the
+    same parameters counts its steps and writes them when next read. state_dict, pickling,
+    a parameter without a gradient and a load all see exact counts, and the trajectory stays
+    torch's Muon bit for bit."""
+    import pickle
+
+    torch.manual_seed(0)
+    values = [torch.randn(6, 4) for _ in range(4)]
+    ours_p = [torch.nn.Parameter(v.clone()) for v in values]
+    torch_p = [torch.nn.Parameter(v.clone()) for v in values]
+    ours = optimlab.Muon(ours_p, lr=0.02)
+    theirs = torch.optim.Muon(torch_p, lr=0.02)
+    expect = [0] * len(values)
+
+    def step(skip=None):
+        grads = [torch.randn_like(v) for v in values]
+        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if i == skip else g.clone()
+            opt.step()
+        for i in range(len(values)):
+            expect[i] += i != skip
+
+    def counts(opt=ours):
+        steps = opt.state_dict()["optimlab"]["steps"]
+        return [steps.get(i, 0) for i in range(len(values))]
+
+    for _ in range(4):
+        step()
+    assert ours.__dict__["_pending_counts"], "the planned steps did not run as one run"
+    assert counts() == expect == [4] * 4
+    for _ in range(3):
+        step()
+    again = pickle.loads(pickle.dumps((ours, ours_p)))
+    assert [again[0]._counts[q] for q in again[1]] == expect == [7] * 4
+    for k in range(4):  # one parameter without a gradient for two steps, then all again
+        step(skip=1 if k < 2 else None)
+    assert counts() == expect == [11, 9, 11, 11]
+    for p, q in zip(ours_p, torch_p):
+        assert torch.equal(p, q)
+    loaded_p = [torch.nn.Parameter(v.clone()) for v in values]
+    loaded = optimlab.Muon(loaded_p, lr=0.02)
+    loaded.load_state_dict(ours.state_dict())
+    assert counts(loaded) == expect
+    for _ in range(3):
+        for p in loaded_p:
+            p.grad = torch.randn_like(p)
+        loaded.step()
+    assert counts(loaded) == [e + 3 for e in expect]
+
+
 def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):
     """torch.load's default (weights_only=True, what the HF Trainer resumes with) reads a state_dict
     whose groups carry a decay mask: masks are stored as plain data and rebuilt on load."""

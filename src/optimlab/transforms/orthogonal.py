@@ -140,24 +140,37 @@ class orthogonalize(Transform):
         shape = tuple(x.shape)
         mat = self.matrix_shape(shape)
         coefficients = (s["a"], s["b"], s["c"])
-        if mat == shape:  # (a reshape costs ~2 us: a tiny model's step is ~100 us)
+        if mat == shape:
             return newton_schulz(x, self.ns_steps, coefficients, s["eps"])
         return newton_schulz(x.reshape(mat), self.ns_steps, coefficients, s["eps"]).reshape(shape)
 
     @functools.lru_cache(maxsize=64)
-    def _ratios(self, shapes: tuple) -> list[float]:
-        """The learning-rate ratio of each matrix shape (remembered: a model steps the same
-        shapes every step)."""
-        return [_lr_ratio(self.adjust_lr_fn, self.matrix_shape(tuple(shape))) for shape in shapes]
+    def _plan(self, shapes: tuple) -> tuple[list[float], list]:
+        """For each update shape: its learning-rate ratio, and the matrix shape to reshape to
+        (None where it is the shape itself). Remembered: a model steps the same shapes every
+        step."""
+        mats = [self.matrix_shape(tuple(shape)) for shape in shapes]
+        return ([_lr_ratio(self.adjust_lr_fn, mat) for mat in mats],
+                [None if mat == tuple(shape) else mat for mat, shape in zip(mats, shapes)])
 
     def update(self, u, s):
         if not _dist._distributed():
             # one process: each bfloat16 matrix is applied as torch applies it, p <- p - lr *
             # ratio * O in one pass (no float32 copy, no scaling pass), and made when it is
             # applied, one at a time (its temporaries freed, their memory reused while still
-            # in cache, before the next one's are made)
+            # in cache, before the next one's are made). Everything per step is looked up here,
+            # not per matrix: the Python between two matrices' products runs with cold caches
             get = u.deferred() or u.updates.__getitem__
-            u.defer(lambda i: self.orthogonal(get(i), s), self._ratios(tuple(g.shape for g in u.grads)))
+            steps, coefficients, eps = self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"]
+            ratios, mats = self._plan(tuple(g.shape for g in u.grads))
+
+            def one(i):
+                x, mat = get(i), mats[i]
+                if mat is None:  # (a reshape costs ~2 us: a tiny model's step is ~100 us)
+                    return newton_schulz(x, steps, coefficients, eps)
+                return newton_schulz(x.reshape(mat), steps, coefficients, eps).reshape(x.shape)
+
+            u.defer(one, ratios)
             return
 
         def whole(g):
