@@ -433,6 +433,33 @@ def test_native_step_counts_follow_gradients_that_come_and_go():
     assert len(ours._packed_steps[id(ours.param_groups[0])]) <= 8
 
 
+class _CountedTwins:
+    """Ours and torch's optimizer of one algorithm on copies of the same values, stepped with the
+    same gradients, and the step count each of our parameters should have (for the optimizers
+    that keep their own counts, where torch's state has none)."""
+
+    def __init__(self, values, ours_cls, theirs_cls, **kwargs):
+        self.ours_p = [torch.nn.Parameter(v.clone()) for v in values]
+        self.torch_p = [torch.nn.Parameter(v.clone()) for v in values]
+        self.ours, self.theirs = ours_cls(self.ours_p, **kwargs), theirs_cls(self.torch_p, **kwargs)
+        self.expect = [0] * len(values)
+
+    def step(self, skip=None):
+        """One step of both with the same random gradients (none for parameter ``skip``)."""
+        grads = [torch.randn_like(p) for p in self.ours_p]
+        for ps, opt in ((self.ours_p, self.ours), (self.torch_p, self.theirs)):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if i == skip else g.clone()
+            opt.step()
+        for i in range(len(self.expect)):
+            self.expect[i] += i != skip
+
+    def counts(self, opt=None):
+        """Each parameter's count as ``state_dict`` reads it (ours, or ``opt``)."""
+        steps = (opt or self.ours).state_dict()["optimlab"]["steps"]
+        return [steps.get(i, 0) for i in range(len(self.expect))]
+
+
 def test_sgd_counts_of_native_runs_are_exact_whenever_read():
     """SGD keeps its own step counts (torch's state has none); a run of torch's-kernel steps over
     the same parameters counts its steps and writes them when they are next read. Whatever
@@ -442,45 +469,27 @@ def test_sgd_counts_of_native_runs_are_exact_whenever_read():
     import pickle
 
     torch.manual_seed(0)
-    values = [torch.randn(4, 3) for _ in range(5)]
-    ours_p = [torch.nn.Parameter(v.clone()) for v in values]
-    torch_p = [torch.nn.Parameter(v.clone()) for v in values]
-    ours = optimlab.SGD(ours_p, lr=0.05, momentum=0.9)
-    theirs = torch.optim.SGD(torch_p, lr=0.05, momentum=0.9)
-    expect = [0] * len(values)
-
-    def step(skip=None):
-        grads = [torch.randn_like(v) for v in values]
-        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
-            for i, (p, g) in enumerate(zip(ps, grads)):
-                p.grad = None if i == skip else g.clone()
-            opt.step()
-        for i in range(len(values)):
-            expect[i] += i != skip
-
-    def counts():
-        steps = ours.state_dict()["optimlab"]["steps"]
-        return [steps.get(i, 0) for i in range(len(values))]
-
+    tw = _CountedTwins([torch.randn(4, 3) for _ in range(5)], optimlab.SGD, torch.optim.SGD, lr=0.05, momentum=0.9)
+    ours, ours_p, expect = tw.ours, tw.ours_p, tw.expect
     for _ in range(4):
-        step()
+        tw.step()
     assert ours.__dict__["_pending_counts"], "the native steps did not run as one run"
-    assert counts() == expect == [4] * 5
+    assert tw.counts() == expect == [4] * 5
     for _ in range(3):
-        step()
+        tw.step()
     again = pickle.loads(pickle.dumps((ours, ours_p)))
     assert [again[0]._counts[q] for q in again[1]] == expect == [7] * 5
     for k in range(6):  # one parameter without a gradient for three steps, then all again
-        step(skip=2 if k < 3 else None)
-    assert counts() == expect == [13, 13, 10, 13, 13]
-    for p, q in zip(ours_p, torch_p):
+        tw.step(skip=2 if k < 3 else None)
+    assert tw.counts() == expect == [13, 13, 10, 13, 13]
+    for p, q in zip(ours_p, tw.torch_p):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     ours.param_groups[0]["l1"] = 1e-3  # not torch's kernel: the eager path, from the counts
     for _ in range(2):
         for p in ours_p:
             p.grad = torch.randn_like(p)
         ours.step()
-    assert counts() == [e + 2 for e in expect]
+    assert tw.counts() == [e + 2 for e in expect]
     assert all(torch.isfinite(p).all() for p in ours_p)
 
 
@@ -493,47 +502,30 @@ def test_muon_counts_of_planned_eager_runs_are_exact_whenever_read():
 
     torch.manual_seed(0)
     values = [torch.randn(6, 4) for _ in range(4)]
-    ours_p = [torch.nn.Parameter(v.clone()) for v in values]
-    torch_p = [torch.nn.Parameter(v.clone()) for v in values]
-    ours = optimlab.Muon(ours_p, lr=0.02)
-    theirs = torch.optim.Muon(torch_p, lr=0.02)
-    expect = [0] * len(values)
-
-    def step(skip=None):
-        grads = [torch.randn_like(v) for v in values]
-        for ps, opt in ((ours_p, ours), (torch_p, theirs)):
-            for i, (p, g) in enumerate(zip(ps, grads)):
-                p.grad = None if i == skip else g.clone()
-            opt.step()
-        for i in range(len(values)):
-            expect[i] += i != skip
-
-    def counts(opt=ours):
-        steps = opt.state_dict()["optimlab"]["steps"]
-        return [steps.get(i, 0) for i in range(len(values))]
-
+    tw = _CountedTwins(values, optimlab.Muon, torch.optim.Muon, lr=0.02)
+    ours, ours_p, expect = tw.ours, tw.ours_p, tw.expect
     for _ in range(4):
-        step()
+        tw.step()
     assert ours.__dict__["_pending_counts"], "the planned steps did not run as one run"
-    assert counts() == expect == [4] * 4
+    assert tw.counts() == expect == [4] * 4
     for _ in range(3):
-        step()
+        tw.step()
     again = pickle.loads(pickle.dumps((ours, ours_p)))
     assert [again[0]._counts[q] for q in again[1]] == expect == [7] * 4
     for k in range(4):  # one parameter without a gradient for two steps, then all again
-        step(skip=1 if k < 2 else None)
-    assert counts() == expect == [11, 9, 11, 11]
-    for p, q in zip(ours_p, torch_p):
+        tw.step(skip=1 if k < 2 else None)
+    assert tw.counts() == expect == [11, 9, 11, 11]
+    for p, q in zip(ours_p, tw.torch_p):
         assert torch.equal(p, q)
     loaded_p = [torch.nn.Parameter(v.clone()) for v in values]
     loaded = optimlab.Muon(loaded_p, lr=0.02)
     loaded.load_state_dict(ours.state_dict())
-    assert counts(loaded) == expect
+    assert tw.counts(loaded) == expect
     for _ in range(3):
         for p in loaded_p:
             p.grad = torch.randn_like(p)
         loaded.step()
-    assert counts(loaded) == [e + 3 for e in expect]
+    assert tw.counts(loaded) == [e + 3 for e in expect]
 
 
 def test_checkpoint_with_a_mask_loads_with_weights_only(tmp_path):

@@ -39,10 +39,10 @@ import dataclasses
 import logging
 import math
 import operator
-from types import MappingProxyType
 import re
 import struct
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -386,7 +386,7 @@ class Updates:
                 if keep is not None:  # both passes over p back to back, while it is in cache
                     p.mul_(keep)
                 p.add_(d, alpha=value if factors is None else value * factors[i])
-                del d
+                del d  # (freed before the next tensor's update is made)
             return
         self._scale_now()
         apply_updates(self.params, self.updates, lr)
@@ -925,7 +925,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         chain = tuple(self.build(group))
         if len(self._chains) > 2 * len(self.param_groups) + 8:  # (sub-groups of layouts rebuilt since)
             self._chains = {}
-        lists = any(type(v) is list for k, v in group.items() if k not in ("params", "param_names"))
+        lists = any(a is not b for a, b in zip(values, group.values()))  # (a list value, copied above)
         self._chains[id(group)] = (group, values, chain, None if lists else tuple(group.values()))
         return chain
 
@@ -1240,15 +1240,14 @@ class ChainOptimizer(torch.optim.Optimizer):
             # counts kept by the optimizer (Muon's): a run of planned steps only counts its
             # steps, written when the counts are next read, as torch's-kernel runs are (see
             # _ready_for_native; a tensor key's hash is a Python call per parameter)
-            pending = self.__dict__["_pending_counts"]
-            run = pending.get(id(group))
-            if run is not None and run[0] is plan.params:
+            run = self._planned_run(group, plan)
+            if run is not None:
                 run[1] += 1
             else:
                 self._set_steps(params, states, step + 1)
                 counts = self.__dict__["_count_map"]
                 if all(type(counts.get(p)) is int for p in params):
-                    pending[id(group)] = [plan.params, 0]
+                    self.__dict__["_pending_counts"][id(group)] = [plan.params, 0]
         else:
             self._set_steps(params, states, step + 1)
         if plan is not None:
@@ -1318,12 +1317,16 @@ class ChainOptimizer(torch.optim.Optimizer):
         if self.state_step:
             if plan.steps is None or plan.states[0].get("step") is not plan.steps[0] or plan.steps[0].item() != plan.step:
                 return None
-        else:
-            run = self.__dict__["_pending_counts"].get(id(group))
-            if (run is None or run[0] is not plan.params) and self._counts.get(plan.params[0]) != plan.step:
-                return None
+        elif self._planned_run(group, plan) is None and self._counts.get(plan.params[0]) != plan.step:
+            return None
         plan.step += 1
         return plan, grads
+
+    def _planned_run(self, group: dict, plan: _Plan) -> list | None:
+        """The pending run of planned steps over ``plan``'s parameters (see :meth:`_step_bucket`;
+        their counts are the plan's while it is pending), or None."""
+        run = self.__dict__["_pending_counts"].get(id(group))
+        return run if run is not None and run[0] is plan.params else None
 
     def _flat_engine(self):
         """The flat-buffer engine (:mod:`optimlab._flat`), created on first use."""

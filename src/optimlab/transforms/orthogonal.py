@@ -104,6 +104,14 @@ def newton_schulz(G: Tensor, steps: int = 5, coefficients=(3.4445, -4.7750, 2.03
     return X.T if tall else X
 
 
+def _newton_schulz_as(x: Tensor, mat, steps: int, coefficients, eps) -> Tensor:
+    """:func:`newton_schulz` of ``x`` seen as a matrix of shape ``mat`` (None: ``x`` is that
+    matrix; a reshape costs ~2 us, a tiny model's step ~100 us), shaped like ``x`` again."""
+    if mat is None:
+        return newton_schulz(x, steps, coefficients, eps)
+    return newton_schulz(x.reshape(mat), steps, coefficients, eps).reshape(x.shape)
+
+
 def _lr_ratio(adjust_lr_fn: str | None, shape) -> float:
     """torch.optim.Muon's shape-dependent scaling of the learning rate for an ``A x B`` matrix."""
     rows, cols = shape[:2]
@@ -139,10 +147,7 @@ class orthogonalize(Transform):
         again; bfloat16."""
         shape = tuple(x.shape)
         mat = self.matrix_shape(shape)
-        coefficients = (s["a"], s["b"], s["c"])
-        if mat == shape:
-            return newton_schulz(x, self.ns_steps, coefficients, s["eps"])
-        return newton_schulz(x.reshape(mat), self.ns_steps, coefficients, s["eps"]).reshape(shape)
+        return _newton_schulz_as(x, None if mat == shape else mat, self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"])
 
     @functools.lru_cache(maxsize=64)
     def _plan(self, shapes: tuple) -> tuple[list[float], list]:
@@ -164,13 +169,7 @@ class orthogonalize(Transform):
             steps, coefficients, eps = self.ns_steps, (s["a"], s["b"], s["c"]), s["eps"]
             ratios, mats = self._plan(tuple(g.shape for g in u.grads))
 
-            def one(i):
-                x, mat = get(i), mats[i]
-                if mat is None:  # (a reshape costs ~2 us: a tiny model's step is ~100 us)
-                    return newton_schulz(x, steps, coefficients, eps)
-                return newton_schulz(x.reshape(mat), steps, coefficients, eps).reshape(x.shape)
-
-            u.defer(one, ratios)
+            u.defer(lambda i: _newton_schulz_as(get(i), mats[i], steps, coefficients, eps), ratios)
             return
 
         def whole(g):
